@@ -1,0 +1,9 @@
+//! imgfs: neuroimaging images held in memory, shown to external tools as files.
+//!
+//! Data flows one way: [`format`] decodes files into headers and voxel bytes, [`image`] holds
+//! them and knows whether they still match their original, [`render`] lays an image out as a
+//! single-file NIfTI by byte range, [`catalog`] keeps the named images and their served
+//! versions, [`fuse`] translates kernel requests onto the catalog, and [`control`] lets other
+//! processes drive it.
+
+pub mod format;
