@@ -7,3 +7,5 @@
 //! processes drive it.
 
 pub mod format;
+pub mod image;
+pub mod render;

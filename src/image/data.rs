@@ -1,0 +1,191 @@
+//! Voxel data: nibabel's data object. The array stays in the original file until someone asks
+//! for it; once in memory it is shared copy-on-write with the versions being served, so a
+//! reader keeps the bytes it opened while the image is edited.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
+
+use super::origin::FileIdentity;
+use crate::format::{ByteOrder, DataType};
+
+/// Voxel bytes in memory, native byte order, file (Fortran) order of voxels, aligned to 8
+/// bytes so that typed views are sound.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VoxelBuffer {
+    dtype: DataType,
+    shape: Vec<u64>,
+    words: Vec<u64>,
+    len: usize,
+}
+
+/// A Rust element type that matches a NIfTI data type.
+pub trait Element: Copy + 'static {
+    const DTYPE: DataType;
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),*) => {$(impl Element for $t { const DTYPE: DataType = DataType::$d; })*};
+}
+element!(u8 => Uint8, i8 => Int8, i16 => Int16, u16 => Uint16, i32 => Int32, u32 => Uint32,
+         i64 => Int64, u64 => Uint64, f32 => Float32, f64 => Float64);
+
+/// Why a typed view was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("the data are {actual}, not {requested}")]
+pub struct DtypeMismatch {
+    pub actual: DataType,
+    pub requested: DataType,
+}
+
+impl VoxelBuffer {
+    /// A zero-filled array.
+    pub fn zeros(dtype: DataType, shape: &[u64]) -> VoxelBuffer {
+        let len = shape.iter().product::<u64>() as usize * dtype.size();
+        VoxelBuffer {
+            dtype,
+            shape: shape.to_vec(),
+            words: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    /// Takes bytes in `order` and keeps them in native order.
+    pub fn from_bytes(dtype: DataType, shape: &[u64], bytes: &[u8], order: ByteOrder) -> Self {
+        let mut buf = VoxelBuffer::zeros(dtype, shape);
+        assert_eq!(bytes.len(), buf.len, "byte count must match shape and dtype");
+        buf.bytes_mut().copy_from_slice(bytes);
+        if order != ByteOrder::native() {
+            swap_in_place(buf.bytes_mut(), dtype.swap_width());
+        }
+        buf
+    }
+
+    /// Typed data in file order.
+    pub fn from_vec<T: Element>(shape: &[u64], values: &[T]) -> VoxelBuffer {
+        let mut buf = VoxelBuffer::zeros(T::DTYPE, shape);
+        assert_eq!(values.len() * T::DTYPE.size(), buf.len);
+        buf.typed_mut::<T>()
+            .expect("dtype matches")
+            .copy_from_slice(values);
+        buf
+    }
+
+    pub fn dtype(&self) -> DataType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns at least `len` initialized bytes; u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut self` makes the borrow exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn typed<T: Element>(&self) -> Result<&[T], DtypeMismatch> {
+        self.check::<T>()?;
+        let n = self.len / std::mem::size_of::<T>();
+        // SAFETY: the storage is 8-byte aligned, which covers every Element type; `check`
+        // made sure the bytes hold values of T, and every bit pattern is a valid T.
+        Ok(unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<T>(), n) })
+    }
+
+    pub fn typed_mut<T: Element>(&mut self) -> Result<&mut [T], DtypeMismatch> {
+        self.check::<T>()?;
+        let n = self.len / std::mem::size_of::<T>();
+        // SAFETY: as in `typed`, with exclusive access through `&mut self`.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<T>(), n) })
+    }
+
+    fn check<T: Element>(&self) -> Result<(), DtypeMismatch> {
+        if T::DTYPE == self.dtype {
+            Ok(())
+        } else {
+            Err(DtypeMismatch {
+                actual: self.dtype,
+                requested: T::DTYPE,
+            })
+        }
+    }
+
+    fn nd_shape(&self) -> IxDyn {
+        let dims: Vec<usize> = self.shape.iter().map(|&d| d as usize).collect();
+        IxDyn(&dims)
+    }
+
+    /// An ndarray view with the image's shape (Fortran order, as in the file).
+    pub fn view<T: Element>(&self) -> Result<ArrayViewD<'_, T>, DtypeMismatch> {
+        let shape = self.nd_shape();
+        let data = self.typed::<T>()?;
+        Ok(ArrayViewD::from_shape(shape.f(), data).expect("length matches shape"))
+    }
+
+    pub fn view_mut<T: Element>(&mut self) -> Result<ArrayViewMutD<'_, T>, DtypeMismatch> {
+        let shape = self.nd_shape();
+        let data = self.typed_mut::<T>()?;
+        Ok(ArrayViewMutD::from_shape(shape.f(), data).expect("length matches shape"))
+    }
+}
+
+/// Reverses each `width`-byte unit, converting between byte orders.
+pub fn swap_in_place(bytes: &mut [u8], width: usize) {
+    if width > 1 {
+        for unit in bytes.chunks_exact_mut(width) {
+            unit.reverse();
+        }
+    }
+}
+
+/// The uncompressed data of an original file, read by range without loading it.
+///
+/// The file is opened once at load and every read checks afterwards that it is still the file
+/// that was seen then, so a changed original gives an error, never mixed bytes.
+#[derive(Debug)]
+pub struct FileSource {
+    pub file: File,
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub order: ByteOrder,
+    pub seen: FileIdentity,
+}
+
+impl FileSource {
+    /// Fills `buf` from data byte `at`, failing if the file changed since load.
+    pub fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, self.offset + at)?;
+        self.check_unchanged()
+    }
+
+    pub fn check_unchanged(&self) -> io::Result<()> {
+        let now = FileIdentity::of(&self.file.metadata()?);
+        if now != self.seen {
+            return Err(io::Error::other(format!(
+                "{}: original modified on disk since load",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where an image's voxel data are right now.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// Still in the uncompressed original; read by range.
+    File(Arc<FileSource>),
+    /// In a compressed original or one not open: must be loaded before use.
+    Unloaded,
+    /// In memory.
+    Memory(Arc<VoxelBuffer>),
+}

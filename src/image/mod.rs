@@ -1,0 +1,609 @@
+//! The image model: a header, an affine, extensions and voxel data, with the file it came
+//! from, and the answer to "does this image still correspond to its original?".
+//!
+//! Dirty tracking follows nibabel's design note "Keeping track of whether images have been
+//! modified since load": handing the data out for writing marks the image dirty (a `&mut`
+//! borrow makes that exact); the header, the affine and small extensions are kept as loaded and
+//! compared when asked; a large extension handed out for writing counts as changed; the user
+//! can override; and a change to the original on disk ends the correspondence for good.
+
+pub mod convert;
+pub mod data;
+pub mod origin;
+mod state;
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use convert::Encoding;
+pub use data::{Element, FileSource, Store, VoxelBuffer};
+pub use origin::{FileIdentity, Origin};
+pub use state::{DirtyState, Reason};
+
+use crate::format::{self, Affine, DataType, Extension, FieldValue, Flavor, FormatError, Header};
+use convert::ValueRange;
+
+/// Extensions larger than this are not compared byte for byte: once handed out for writing
+/// they count as changed, as the design note proposes.
+pub const LARGE_EXTENSION: usize = 64 * 1024;
+
+/// Why an operation on an image failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Field(#[from] format::header::FieldError),
+    #[error(transparent)]
+    Conversion(#[from] convert::ConversionError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    DataUnavailable(String),
+}
+
+/// What the image looked like at load (or when last marked clean).
+#[derive(Clone, Debug)]
+struct Baseline {
+    header: Header,
+    affine: Affine,
+    /// Small extensions by content; large ones by size only.
+    extensions: Vec<(i32, Option<Vec<u8>>)>,
+}
+
+impl Baseline {
+    fn of(header: &Header, affine: &Affine, extensions: &[Extension]) -> Baseline {
+        Baseline {
+            header: header.clone(),
+            affine: *affine,
+            extensions: extensions
+                .iter()
+                .map(|e| {
+                    let small = e.content.len() <= LARGE_EXTENSION;
+                    (e.code, small.then(|| e.content.clone()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The user's override of the computed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    Dirty,
+}
+
+/// A neuroimaging image held in memory.
+#[derive(Debug)]
+pub struct Image {
+    header: Header,
+    extensions: Vec<Extension>,
+    affine: Affine,
+    /// The stored array and how its numbers map to values.
+    encoding: Encoding,
+    shape: Vec<u64>,
+    store: Store,
+    loaded: Option<format::LoadedFile>,
+    origin: Option<Arc<Origin>>,
+    baseline: Baseline,
+    data_written: bool,
+    large_extensions_out: BTreeSet<usize>,
+    mark: Option<Mark>,
+    changed_at: SystemTime,
+    generation: u64,
+}
+
+impl Image {
+    /// Loads an image's header, extensions and sidecar; the voxel data stay on disk.
+    pub fn load(path: &Path) -> Result<Image, ImageError> {
+        let path = std::path::absolute(path).map_err(|e| FormatError::io(path, e))?;
+        let loaded = format::io::load(&path)?;
+        let map = loaded.file_map.clone();
+        let mut seen = Vec::new();
+        let stat = |p: &Path| -> Result<(std::path::PathBuf, FileIdentity), FormatError> {
+            let meta = std::fs::metadata(p).map_err(|e| FormatError::io(p, e))?;
+            Ok((p.to_path_buf(), FileIdentity::of(&meta)))
+        };
+        seen.push(stat(&map.header)?);
+        let store = if map.compressed {
+            if !map.is_single() {
+                seen.push(stat(&map.image)?);
+            }
+            Store::Unloaded
+        } else {
+            let file = File::open(&map.image).map_err(|e| FormatError::io(&map.image, e))?;
+            let meta = file
+                .metadata()
+                .map_err(|e| FormatError::io(&map.image, e))?;
+            let identity = FileIdentity::of(&meta);
+            if map.is_single() {
+                seen[0].1 = identity;
+            } else {
+                seen.push((map.image.clone(), identity));
+            }
+            Store::File(Arc::new(FileSource {
+                file,
+                path: map.image.clone(),
+                offset: loaded.data_offset,
+                len: loaded.data_len,
+                order: loaded.header.order(),
+                seen: identity,
+            }))
+        };
+        if let Some(mat) = map.sidecar().filter(|m| m.exists()) {
+            seen.push(stat(&mat)?);
+        }
+        let header = loaded.header.clone();
+        let affine = loaded.affine();
+        let encoding = Encoding {
+            dtype: loaded.dtype,
+            scaling: header.slope_inter(),
+        };
+        Ok(Image {
+            baseline: Baseline::of(&header, &affine, &loaded.extensions),
+            extensions: loaded.extensions.clone(),
+            shape: loaded.shape.clone(),
+            header,
+            affine,
+            encoding,
+            store,
+            changed_at: SystemTime::now(),
+            origin: Some(Arc::new(Origin::new(map, seen))),
+            loaded: Some(loaded),
+            data_written: false,
+            large_extensions_out: BTreeSet::new(),
+            mark: None,
+            generation: 0,
+        })
+    }
+
+    /// A new image from parts held in memory; it has no original, so it is never clean.
+    pub fn from_parts(
+        mut header: Header,
+        affine: Affine,
+        extensions: Vec<Extension>,
+        data: VoxelBuffer,
+    ) -> Result<Image, ImageError> {
+        header.set_datatype(data.dtype());
+        header.set_shape(data.shape())?;
+        if header.flavor() != Flavor::Analyze {
+            let code = header.sform_code().max(1);
+            header.set_sform(&affine, code);
+        }
+        let encoding = Encoding {
+            dtype: data.dtype(),
+            scaling: header.slope_inter(),
+        };
+        Ok(Image {
+            baseline: Baseline::of(&header, &affine, &extensions),
+            shape: data.shape().to_vec(),
+            header,
+            extensions,
+            affine,
+            encoding,
+            store: Store::Memory(Arc::new(data)),
+            loaded: None,
+            origin: None,
+            data_written: false,
+            large_extensions_out: BTreeSet::new(),
+            mark: None,
+            changed_at: SystemTime::now(),
+            generation: 0,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
+    pub fn extensions(&self) -> &[Extension] {
+        &self.extensions
+    }
+
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    pub fn origin(&self) -> Option<&Arc<Origin>> {
+        self.origin.as_ref()
+    }
+
+    /// The stored array's encoding (which differs from the header's after a datatype change,
+    /// until the data are rendered).
+    pub fn stored_encoding(&self) -> Encoding {
+        if self.header.datatype().ok() == Some(self.encoding.dtype) {
+            Encoding {
+                dtype: self.encoding.dtype,
+                scaling: self.header.slope_inter(),
+            }
+        } else {
+            self.encoding
+        }
+    }
+
+    /// The encoding a reader sees: what the header says.
+    pub fn header_encoding(&self) -> Result<Encoding, ImageError> {
+        Ok(Encoding {
+            dtype: self
+                .header
+                .datatype()
+                .map_err(|e| ImageError::Refused(e.to_string()))?,
+            scaling: self.header.slope_inter(),
+        })
+    }
+
+    /// The original file as loaded, for reading data that are not yet in memory.
+    pub fn loaded_file(&self) -> Option<&format::LoadedFile> {
+        self.loaded.as_ref()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Bumped by every change; the mount gives each generation its own file version.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn changed_at(&self) -> SystemTime {
+        self.changed_at
+    }
+
+    fn touch(&mut self) {
+        self.generation += 1;
+        self.changed_at = SystemTime::now();
+    }
+
+    /// Sets a header field by nibabel's name. `datatype` converts the data (as nibabel does on
+    /// save); fields imgfs lays out itself are refused.
+    pub fn set_field(&mut self, name: &str, value: &str) -> Result<(), ImageError> {
+        match name {
+            "datatype" => {
+                let dtype = DataType::from_name(value).ok_or_else(|| {
+                    ImageError::Refused(format!(
+                        "unknown datatype '{value}': expected a name such as uint8, int16, \
+                         int32, float32, float64, complex64, RGB, or a NIfTI code"
+                    ))
+                })?;
+                return self.set_data_dtype(dtype);
+            }
+            "bitpix" => return Err(refused_field(name, "it follows datatype")),
+            "sizeof_hdr" | "magic" | "vox_offset" => {
+                return Err(refused_field(name, "imgfs sets it when it lays out the file"));
+            }
+            _ => {}
+        }
+        let mut header = self.header.clone();
+        header.set_from_str(name, value)?;
+        if name == "dim" {
+            self.check_reshape(&header)?;
+        }
+        self.header = header;
+        if name == "dim" {
+            self.shape = self.header.shape().map_err(ImageError::Refused)?;
+        }
+        if self.loaded.as_ref().and_then(|l| l.sidecar_affine).is_none() {
+            self.affine = self.header.best_affine();
+        }
+        self.touch();
+        Ok(())
+    }
+
+    /// Sets several fields at once: all or none.
+    pub fn set_fields(&mut self, edits: &[(String, String)]) -> Result<(), ImageError> {
+        let saved = (
+            self.header.clone(),
+            self.affine,
+            self.encoding,
+            self.shape.clone(),
+        );
+        for (name, value) in edits {
+            if let Err(e) = self.set_field(name, value) {
+                (self.header, self.affine, self.encoding, self.shape) = saved;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a raw header field value (the control protocol's typed form).
+    pub fn set_field_value(&mut self, name: &str, value: &FieldValue) -> Result<(), ImageError> {
+        let text = match value {
+            FieldValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            FieldValue::Ints(v) => v.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
+            FieldValue::Floats(v) => v.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
+        };
+        self.set_field(name, &text)
+    }
+
+    fn check_reshape(&self, header: &Header) -> Result<(), ImageError> {
+        let new = header.shape().map_err(ImageError::Refused)?;
+        let count = |s: &[u64]| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        if count(&new) != count(&self.shape) {
+            return Err(ImageError::Refused(format!(
+                "dim {new:?} would change the number of voxels of shape {:?}; only reshapes \
+                 that keep the voxel count are allowed",
+                self.shape
+            )));
+        }
+        Ok(())
+    }
+
+    /// nibabel's `set_data_dtype`: the header takes the new type and the scaling nibabel's
+    /// writer would choose; the stored array is converted when rendered or saved.
+    pub fn set_data_dtype(&mut self, dtype: DataType) -> Result<(), ImageError> {
+        let current = self.header_encoding()?;
+        if current.dtype == dtype {
+            return Ok(());
+        }
+        let from = self.stored_encoding();
+        let range = if convert::needs_range(from, dtype) {
+            Some(self.value_range()?)
+        } else {
+            None
+        };
+        let store_f32 = self.header.flavor() != Flavor::Nifti2;
+        let target = convert::target_encoding(from, dtype, range, store_f32)?;
+        self.encoding = from;
+        self.header.set_datatype(dtype);
+        self.header.set_slope_inter(target.scaling);
+        self.touch();
+        Ok(())
+    }
+
+    /// The finite range of the values, in one pass over the stored data (not loading them).
+    fn value_range(&mut self) -> Result<ValueRange, ImageError> {
+        let from = self.stored_encoding();
+        let mut range = ValueRange::default();
+        let mut values = Vec::new();
+        self.for_each_chunk(|bytes, order| {
+            convert::decode(from.dtype, order, bytes, &mut values);
+            convert::rescale(
+                &mut values,
+                from,
+                Encoding {
+                    dtype: DataType::Float64,
+                    scaling: None,
+                },
+            );
+            range.add(&values);
+        })?;
+        Ok(range)
+    }
+
+    /// Visits the stored data in chunks of whole elements, in the byte order they are held.
+    fn for_each_chunk(
+        &mut self,
+        mut visit: impl FnMut(&[u8], format::ByteOrder),
+    ) -> Result<(), ImageError> {
+        if let Store::File(source) = &self.store {
+            let chunk = (4 << 20) / self.encoding.dtype.size() * self.encoding.dtype.size();
+            let mut buf = vec![0; chunk];
+            let mut at = 0;
+            while at < source.len {
+                let n = chunk.min((source.len - at) as usize);
+                source
+                    .read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| self.data_error(e.to_string()))?;
+                visit(&buf[..n], source.order);
+                at += n as u64;
+            }
+            return Ok(());
+        }
+        let data = self.data()?;
+        visit(data.bytes(), format::ByteOrder::native());
+        Ok(())
+    }
+
+    fn data_error(&self, why: String) -> ImageError {
+        if let Some(origin) = &self.origin {
+            origin.mark_lost(why.clone());
+        }
+        ImageError::DataUnavailable(why)
+    }
+
+    /// The voxel array, loaded on first use. Reading never dirties the image.
+    pub fn data(&mut self) -> Result<&VoxelBuffer, ImageError> {
+        if !matches!(self.store, Store::Memory(_)) {
+            let buffer = self.read_stored()?;
+            self.store = Store::Memory(Arc::new(buffer));
+        }
+        match &self.store {
+            Store::Memory(buffer) => Ok(buffer),
+            _ => unreachable!("just loaded"),
+        }
+    }
+
+    /// The voxel array for writing: the image is dirty from now on. If a served version still
+    /// shares the array, it is copied first so that version's readers see no change.
+    pub fn data_mut(&mut self) -> Result<&mut VoxelBuffer, ImageError> {
+        self.data()?;
+        self.data_written = true;
+        self.touch();
+        match &mut self.store {
+            Store::Memory(buffer) => Ok(Arc::make_mut(buffer)),
+            _ => unreachable!("loaded by data()"),
+        }
+    }
+
+    /// The values a reader sees (nibabel's `get_fdata()`), in file order.
+    pub fn fdata(&mut self) -> Result<Vec<f64>, ImageError> {
+        let from = self.stored_encoding();
+        let mut out = Vec::new();
+        let mut values = Vec::new();
+        self.for_each_chunk(|bytes, order| {
+            convert::decode(from.dtype, order, bytes, &mut values);
+            convert::rescale(
+                &mut values,
+                from,
+                Encoding {
+                    dtype: DataType::Float64,
+                    scaling: None,
+                },
+            );
+            out.extend_from_slice(&values);
+        })?;
+        Ok(out)
+    }
+
+    fn read_stored(&self) -> Result<VoxelBuffer, ImageError> {
+        let dtype = self.encoding.dtype;
+        match &self.store {
+            Store::Memory(buffer) => Ok((**buffer).clone()),
+            Store::File(source) => {
+                let mut bytes = vec![0; source.len as usize];
+                source
+                    .read_exact_at(&mut bytes, 0)
+                    .map_err(|e| self.data_error(e.to_string()))?;
+                Ok(VoxelBuffer::from_bytes(
+                    dtype,
+                    &self.shape,
+                    &bytes,
+                    source.order,
+                ))
+            }
+            Store::Unloaded => {
+                let loaded = self.loaded.as_ref().expect("unloaded data have a file");
+                if let Some(why) = self.origin.as_ref().and_then(|o| o.check()) {
+                    return Err(ImageError::DataUnavailable(format!(
+                        "{why}; its data were never loaded"
+                    )));
+                }
+                let bytes = loaded.read_data()?;
+                if let Some(why) = self.origin.as_ref().and_then(|o| o.check()) {
+                    return Err(ImageError::DataUnavailable(format!(
+                        "{why} while its data were being read"
+                    )));
+                }
+                Ok(VoxelBuffer::from_bytes(
+                    dtype,
+                    &self.shape,
+                    &bytes,
+                    loaded.header.order(),
+                ))
+            }
+        }
+    }
+
+    /// Sets the affine, as nibabel's `update_header` writes it on save: into the sform
+    /// (keeping its code, or "aligned" if there was none), and the qform if it is in use.
+    pub fn set_affine(&mut self, affine: Affine) {
+        if self.header.flavor() != Flavor::Analyze {
+            let scode = self.header.sform_code();
+            self.header
+                .set_sform(&affine, if scode > 0 { scode } else { 2 });
+            let qcode = self.header.qform_code();
+            if qcode > 0 {
+                self.header.set_qform(&affine, qcode);
+            }
+        }
+        self.affine = affine;
+        self.touch();
+    }
+
+    /// An extension for writing. A large one counts as changed from now on.
+    pub fn extension_mut(&mut self, index: usize) -> Option<&mut Extension> {
+        let large = self.extensions.get(index)?.content.len() > LARGE_EXTENSION;
+        if large {
+            self.large_extensions_out.insert(index);
+        }
+        self.touch();
+        self.extensions.get_mut(index)
+    }
+
+    pub fn push_extension(&mut self, extension: Extension) {
+        self.extensions.push(extension);
+        self.touch();
+    }
+
+    pub fn remove_extension(&mut self, index: usize) -> Option<Extension> {
+        if index >= self.extensions.len() {
+            return None;
+        }
+        self.touch();
+        Some(self.extensions.remove(index))
+    }
+
+    /// The user's override: the image is to be taken as its original from now on.
+    pub fn mark_clean(&mut self) {
+        self.baseline = Baseline::of(&self.header, &self.affine, &self.extensions);
+        self.data_written = false;
+        self.large_extensions_out.clear();
+        self.mark = None;
+        self.touch();
+    }
+
+    /// The user's override: the image is to be taken as changed until marked clean.
+    pub fn mark_dirty(&mut self) {
+        self.mark = Some(Mark::Dirty);
+        self.touch();
+    }
+
+    /// Clean, or dirty with every reason. Checks the original on disk.
+    pub fn state(&self) -> DirtyState {
+        let mut reasons = Vec::new();
+        match &self.origin {
+            None => reasons.push(Reason::NoOriginal),
+            Some(origin) => {
+                if let Some(why) = origin.check() {
+                    reasons.push(Reason::OriginalChanged(why.to_string()));
+                }
+            }
+        }
+        if self.mark == Some(Mark::Dirty) {
+            reasons.push(Reason::MarkedDirty);
+        }
+        if self.data_written {
+            reasons.push(Reason::DataWritten);
+        }
+        for name in self.header.field_names() {
+            if self.header.get(name) != self.baseline.header.get(name) {
+                reasons.push(Reason::HeaderField(name.to_string()));
+            }
+        }
+        if format::affine::max_abs_diff(&self.affine, &self.baseline.affine) > 0.0 {
+            reasons.push(Reason::AffineChanged);
+        }
+        if self.extensions.len() != self.baseline.extensions.len() {
+            reasons.push(Reason::ExtensionsAddedOrRemoved);
+        }
+        for (i, (ext, (code, content))) in
+            self.extensions.iter().zip(&self.baseline.extensions).enumerate()
+        {
+            let changed = match content {
+                Some(bytes) => ext.code != *code || ext.content != *bytes,
+                None => ext.code != *code || self.large_extensions_out.contains(&i),
+            };
+            if changed {
+                reasons.push(if content.is_none() {
+                    Reason::LargeExtensionHandedOut(i)
+                } else {
+                    Reason::ExtensionChanged(i)
+                });
+            }
+        }
+        DirtyState { reasons }
+    }
+
+    /// The header to write in `flavor`: the image's header with its affine and, for Analyze
+    /// sources, the sidecar affine carried into the sform.
+    pub fn header_as(&self, flavor: Flavor) -> Header {
+        let mut header = self.header.convert_to(flavor);
+        if self.header.flavor() == Flavor::Analyze && flavor != Flavor::Analyze {
+            header.set_sform(&self.affine, 2);
+        }
+        header
+    }
+}
+
+fn refused_field(name: &str, why: &str) -> ImageError {
+    ImageError::Refused(format!("header field '{name}' cannot be set: {why}"))
+}

@@ -1,0 +1,228 @@
+//! Rendering: an image laid out as a single-file NIfTI, produced for any byte range on demand.
+//!
+//! A [`Rendering`] is an immutable snapshot of one image version. The header and extensions are
+//! computed once (a few KiB); the data bytes are produced per request from wherever the data
+//! are: streamed from the original file after a header-only edit, copied from memory, converted
+//! element by element after a datatype change. Nothing is written to disk.
+
+use std::io::{self, Write};
+use std::sync::{Arc, OnceLock};
+
+use crate::format::io::{LoadedFile, single_file_prefix};
+use crate::format::{ByteOrder, Flavor};
+use crate::image::convert::{self, Encoding};
+use crate::image::data::swap_in_place;
+use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
+
+/// Where a rendering takes its stored numbers from.
+#[derive(Debug)]
+enum Source {
+    File(Arc<FileSource>),
+    Memory(Arc<VoxelBuffer>),
+    /// A compressed original, decompressed on the first read of its data.
+    Compressed {
+        loaded: Box<LoadedFile>,
+        origin: Arc<Origin>,
+        shape: Vec<u64>,
+        cell: OnceLock<Result<Arc<VoxelBuffer>, String>>,
+    },
+}
+
+impl Source {
+    /// Fills `buf` with stored bytes from `at`, and says their byte order.
+    fn read(&self, buf: &mut [u8], at: u64) -> io::Result<ByteOrder> {
+        match self {
+            Source::File(file) => {
+                file.read_exact_at(buf, at)?;
+                Ok(file.order)
+            }
+            Source::Memory(data) => {
+                copy_from(data.bytes(), buf, at);
+                Ok(ByteOrder::native())
+            }
+            Source::Compressed {
+                loaded,
+                origin,
+                shape,
+                cell,
+            } => {
+                let data = cell.get_or_init(|| decompress(loaded, origin, shape));
+                match data {
+                    Ok(data) => {
+                        copy_from(data.bytes(), buf, at);
+                        Ok(ByteOrder::native())
+                    }
+                    Err(why) => Err(io::Error::other(why.clone())),
+                }
+            }
+        }
+    }
+}
+
+fn copy_from(src: &[u8], buf: &mut [u8], at: u64) {
+    let at = at as usize;
+    buf.copy_from_slice(&src[at..at + buf.len()]);
+}
+
+fn decompress(
+    loaded: &LoadedFile,
+    origin: &Origin,
+    shape: &[u64],
+) -> Result<Arc<VoxelBuffer>, String> {
+    if let Some(why) = origin.check() {
+        return Err(format!("{why}; its data were never loaded"));
+    }
+    let bytes = loaded.read_data().map_err(|e| e.to_string())?;
+    if let Some(why) = origin.check() {
+        return Err(format!("{why} while its data were being read"));
+    }
+    Ok(Arc::new(VoxelBuffer::from_bytes(
+        loaded.dtype,
+        shape,
+        &bytes,
+        loaded.header.order(),
+    )))
+}
+
+/// How stored bytes become output bytes.
+#[derive(Debug)]
+enum Transform {
+    /// The same type: copied, swapped when the byte orders differ.
+    Copy,
+    /// A datatype change: decoded, rescaled and encoded per element.
+    Convert { from: Encoding, to: Encoding },
+}
+
+/// One image version as a single-file NIfTI.
+#[derive(Debug)]
+pub struct Rendering {
+    prefix: Vec<u8>,
+    source: Source,
+    transform: Transform,
+    in_size: u64,
+    out_size: u64,
+    /// The width of the units a byte-order swap reverses (a complex number's parts).
+    swap_unit: usize,
+    out_order: ByteOrder,
+    data_len: u64,
+}
+
+/// The NIfTI version an image is served as: NIfTI-2 stays NIfTI-2, the rest become NIfTI-1.
+pub fn served_flavor(image: &Image) -> Flavor {
+    match image.header().flavor() {
+        Flavor::Nifti2 => Flavor::Nifti2,
+        _ => Flavor::Nifti1,
+    }
+}
+
+impl Rendering {
+    /// Snapshots an image. Cheap: the data are shared, not copied.
+    pub fn of(image: &Image) -> Result<Rendering, String> {
+        let header = image.header_as(served_flavor(image));
+        let prefix = single_file_prefix(&header, image.extensions());
+        let to = image.header_encoding().map_err(|e| e.to_string())?;
+        let from = image.stored_encoding();
+        let voxels: u64 = image.shape().iter().product();
+        let source = match image.store() {
+            Store::File(file) => Source::File(file.clone()),
+            Store::Memory(data) => Source::Memory(data.clone()),
+            Store::Unloaded => Source::Compressed {
+                loaded: Box::new(image_loaded(image)?),
+                origin: image.origin().cloned().ok_or("no original to load from")?,
+                shape: image.shape().to_vec(),
+                cell: OnceLock::new(),
+            },
+        };
+        let transform = if from.dtype == to.dtype {
+            Transform::Copy
+        } else {
+            Transform::Convert { from, to }
+        };
+        Ok(Rendering {
+            prefix,
+            source,
+            transform,
+            in_size: from.dtype.size() as u64,
+            swap_unit: from.dtype.swap_width(),
+            out_size: to.dtype.size() as u64,
+            out_order: header.order(),
+            data_len: voxels * to.dtype.size() as u64,
+        })
+    }
+
+    /// The exact size of the file.
+    pub fn size(&self) -> u64 {
+        self.prefix.len() as u64 + self.data_len
+    }
+
+    /// The header, extensions and padding: everything before the data.
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// Bytes `[offset, offset + len)` of the file, shorter at its end.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let end = (offset + len as u64).min(self.size());
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        let plen = self.prefix.len() as u64;
+        if offset < plen {
+            out.extend_from_slice(&self.prefix[offset as usize..end.min(plen) as usize]);
+        }
+        if end > plen {
+            let a = offset.max(plen) - plen;
+            let b = end - plen;
+            self.read_data(a, b, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Appends data bytes `[a, b)` to `out`.
+    fn read_data(&self, a: u64, b: u64, out: &mut Vec<u8>) -> io::Result<()> {
+        // Whole elements around the range, so swaps and conversions see complete numbers.
+        let e0 = a / self.out_size;
+        let e1 = b.div_ceil(self.out_size);
+        let mut stored = vec![0; ((e1 - e0) * self.in_size) as usize];
+        let order = self.source.read(&mut stored, e0 * self.in_size)?;
+        let skip = (a - e0 * self.out_size) as usize;
+        let take = (b - a) as usize;
+        match &self.transform {
+            Transform::Copy => {
+                if order != self.out_order {
+                    swap_in_place(&mut stored, self.swap_unit);
+                }
+                out.extend_from_slice(&stored[skip..skip + take]);
+            }
+            Transform::Convert { from, to } => {
+                let mut converted = Vec::with_capacity(((e1 - e0) * self.out_size) as usize);
+                convert::convert(&stored, order, *from, *to, self.out_order, &mut converted);
+                out.extend_from_slice(&converted[skip..skip + take]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the data bytes (no header), for saving.
+    pub fn write_data_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        let chunk = (4 << 20) / self.out_size * self.out_size;
+        let mut out = Vec::with_capacity(chunk as usize);
+        let mut at = 0;
+        while at < self.data_len {
+            let b = (at + chunk).min(self.data_len);
+            out.clear();
+            self.read_data(at, b, &mut out)?;
+            w.write_all(&out)?;
+            at = b;
+        }
+        Ok(())
+    }
+}
+
+fn image_loaded(image: &Image) -> Result<LoadedFile, String> {
+    image
+        .loaded_file()
+        .cloned()
+        .ok_or_else(|| "the image's data are not available".to_string())
+}
