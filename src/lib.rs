@@ -9,3 +9,8 @@
 pub mod format;
 pub mod image;
 pub mod render;
+pub mod catalog;
+pub mod fuse;
+pub mod control;
+pub mod mount;
+pub mod cli;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `imgfs` command.
+
+fn main() -> std::process::ExitCode {
+    imgfs::cli::main()
+}

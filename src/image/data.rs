@@ -14,12 +14,43 @@ use crate::format::{ByteOrder, DataType};
 
 /// Voxel bytes in memory, native byte order, file (Fortran) order of voxels, aligned to 8
 /// bytes so that typed views are sound.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct VoxelBuffer {
     dtype: DataType,
     shape: Vec<u64>,
-    words: Vec<u64>,
+    storage: Storage,
     len: usize,
+}
+
+/// Where the bytes live: our own memory, or a shared-memory file another process filled and
+/// handed over (mapped, not copied; copied only when written).
+#[derive(Debug)]
+enum Storage {
+    Owned(Vec<u64>),
+    Mapped { map: memmap2::Mmap, offset: usize },
+}
+
+impl Clone for VoxelBuffer {
+    /// A copy in our own memory, whatever the original's storage.
+    fn clone(&self) -> Self {
+        let mut words = vec![0u64; self.len.div_ceil(8)];
+        // SAFETY: `words` holds at least `len` bytes; u8 has no alignment needs.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), self.len) };
+        dst.copy_from_slice(self.bytes());
+        VoxelBuffer {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            storage: Storage::Owned(words),
+            len: self.len,
+        }
+    }
+}
+
+impl PartialEq for VoxelBuffer {
+    fn eq(&self, other: &Self) -> bool {
+        self.dtype == other.dtype && self.shape == other.shape && self.bytes() == other.bytes()
+    }
 }
 
 /// A Rust element type that matches a NIfTI data type.
@@ -48,9 +79,38 @@ impl VoxelBuffer {
         VoxelBuffer {
             dtype,
             shape: shape.to_vec(),
-            words: vec![0; len.div_ceil(8)],
+            storage: Storage::Owned(vec![0; len.div_ceil(8)]),
             len,
         }
+    }
+
+    /// Voxels held in a mapped file (a memfd from another process), `offset` bytes in.
+    pub fn mapped(
+        dtype: DataType,
+        shape: &[u64],
+        map: memmap2::Mmap,
+        offset: usize,
+    ) -> Result<VoxelBuffer, String> {
+        let len = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d))
+            .ok_or("the shape's byte count overflows")?;
+        if offset % 8 != 0 {
+            return Err(format!("data_offset {offset} is not a multiple of 8"));
+        }
+        if (map.len() as u64) < offset as u64 + len {
+            return Err(format!(
+                "the shared data hold {} bytes; shape {shape:?} of {dtype} needs {len} from \
+                 offset {offset}",
+                map.len()
+            ));
+        }
+        Ok(VoxelBuffer {
+            dtype,
+            shape: shape.to_vec(),
+            storage: Storage::Mapped { map, offset },
+            len: len as usize,
+        })
     }
 
     /// Takes bytes in `order` and keeps them in native order.
@@ -82,29 +142,52 @@ impl VoxelBuffer {
         &self.shape
     }
 
+    fn base(&self) -> *const u8 {
+        match &self.storage {
+            Storage::Owned(words) => words.as_ptr().cast(),
+            Storage::Mapped { map, offset } => map[*offset..].as_ptr(),
+        }
+    }
+
+    /// Our own copy of the bytes, made on the first write to mapped data.
+    fn owned_words(&mut self) -> &mut Vec<u64> {
+        if let Storage::Mapped { .. } = self.storage {
+            *self = self.clone();
+        }
+        match &mut self.storage {
+            Storage::Owned(words) => words,
+            Storage::Mapped { .. } => unreachable!("just copied"),
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `words` owns at least `len` initialized bytes; u8 has no alignment needs.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        // SAFETY: the storage holds at least `len` initialized bytes from `base` (checked in
+        // `mapped`, sized in `zeros`); u8 has no alignment needs.
+        unsafe { std::slice::from_raw_parts(self.base(), self.len) }
     }
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        let words = self.owned_words();
         // SAFETY: as in `bytes`, and `&mut self` makes the borrow exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
     }
 
     pub fn typed<T: Element>(&self) -> Result<&[T], DtypeMismatch> {
         self.check::<T>()?;
         let n = self.len / std::mem::size_of::<T>();
-        // SAFETY: the storage is 8-byte aligned, which covers every Element type; `check`
-        // made sure the bytes hold values of T, and every bit pattern is a valid T.
-        Ok(unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<T>(), n) })
+        // SAFETY: the storage is 8-byte aligned (a Vec<u64>, or a page-aligned map at an offset
+        // that is a multiple of 8), which covers every Element type; `check` made sure the
+        // bytes hold values of T, and every bit pattern is a valid T.
+        Ok(unsafe { std::slice::from_raw_parts(self.base().cast::<T>(), n) })
     }
 
     pub fn typed_mut<T: Element>(&mut self) -> Result<&mut [T], DtypeMismatch> {
         self.check::<T>()?;
         let n = self.len / std::mem::size_of::<T>();
+        let words = self.owned_words();
         // SAFETY: as in `typed`, with exclusive access through `&mut self`.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<T>(), n) })
+        Ok(unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<T>(), n) })
     }
 
     fn check<T: Element>(&self) -> Result<(), DtypeMismatch> {

@@ -86,6 +86,9 @@ pub struct Image {
     encoding: Encoding,
     shape: Vec<u64>,
     store: Store,
+    /// The uncompressed original's data file, open since load: what a clean image is served
+    /// from, even after its data were read into memory.
+    original_data: Option<Arc<FileSource>>,
     loaded: Option<format::LoadedFile>,
     origin: Option<Arc<Origin>>,
     baseline: Baseline,
@@ -149,6 +152,10 @@ impl Image {
             header,
             affine,
             encoding,
+            original_data: match &store {
+                Store::File(source) => Some(source.clone()),
+                _ => None,
+            },
             store,
             changed_at: SystemTime::now(),
             origin: Some(Arc::new(Origin::new(map, seen))),
@@ -185,6 +192,7 @@ impl Image {
             affine,
             encoding,
             store: Store::Memory(Arc::new(data)),
+            original_data: None,
             loaded: None,
             origin: None,
             data_written: false,
@@ -242,6 +250,11 @@ impl Image {
     /// The original file as loaded, for reading data that are not yet in memory.
     pub fn loaded_file(&self) -> Option<&format::LoadedFile> {
         self.loaded.as_ref()
+    }
+
+    /// The data file of an uncompressed original, open since load.
+    pub fn original_data(&self) -> Option<&Arc<FileSource>> {
+        self.original_data.as_ref()
     }
 
     pub fn store(&self) -> &Store {

@@ -1,0 +1,282 @@
+//! The FUSE adapter: translates kernel requests into [`Catalog`] calls and their results into
+//! replies. Nothing else lives here; the only state it keeps is the kernel's own resource, the
+//! passthrough backing ids.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak, mpsc};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session, SessionACL,
+};
+use parking_lot::Mutex;
+
+use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
+
+/// How long the kernel may cache a name or attributes; changes are also invalidated at once.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Mount settings.
+#[derive(Clone, Debug, Default)]
+pub struct MountSettings {
+    /// Let other users see the mount (`allow_other`); otherwise only the mounting user can.
+    pub allow_other: bool,
+    /// Unmount when the process dies, even by SIGKILL (needs `fusermount3`).
+    pub auto_unmount: bool,
+}
+
+/// Backing files registered with the kernel, one per inode while any handle is open.
+#[derive(Default)]
+struct Backing {
+    by_ino: HashMap<u64, Weak<BackingId>>,
+    by_fh: HashMap<u64, Arc<BackingId>>,
+}
+
+pub struct ImageFs {
+    catalog: Arc<Catalog>,
+    passthrough: AtomicBool,
+    backing: Mutex<Backing>,
+    uid: u32,
+    gid: u32,
+}
+
+impl ImageFs {
+    pub fn new(catalog: Arc<Catalog>) -> ImageFs {
+        ImageFs {
+            catalog,
+            passthrough: AtomicBool::new(false),
+            backing: Mutex::new(Backing::default()),
+            // SAFETY: getuid and getgid cannot fail and touch no memory.
+            uid: unsafe { libc::getuid() },
+            // SAFETY: as above.
+            gid: unsafe { libc::getgid() },
+        }
+    }
+
+    fn file_attr(&self, attr: &Attr) -> FileAttr {
+        let (kind, perm, nlink) = if attr.is_dir {
+            (FileType::Directory, 0o555, 2)
+        } else {
+            (FileType::RegularFile, 0o444, 1)
+        };
+        FileAttr {
+            ino: INodeNo(attr.ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
+            atime: attr.mtime,
+            mtime: attr.mtime,
+            ctime: attr.mtime,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            flags: 0,
+            blksize: 4096,
+        }
+    }
+
+    fn open_passthrough(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: &std::fs::File,
+        reply: &ReplyOpen,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut backing = self.backing.lock();
+        let id = match backing.by_ino.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => {
+                let id = Arc::new(reply.open_backing(file)?);
+                backing.by_ino.insert(ino, Arc::downgrade(&id));
+                id
+            }
+        };
+        backing.by_fh.insert(fh, id.clone());
+        Ok(id)
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let enabled = config
+            .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+            .is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        log::info!("FUSE passthrough offered by the kernel: {enabled}");
+        self.passthrough.store(enabled, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        match self.catalog.lookup(name) {
+            Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.catalog.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.catalog.open(ino.0) {
+            Ok(Opened::Passthrough { fh, source }) => {
+                if self.passthrough.load(Ordering::Relaxed) {
+                    match self.open_passthrough(ino.0, fh, &source.file, &reply) {
+                        Ok(id) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                        Err(e) => {
+                            log::warn!("passthrough refused ({e}); forwarding reads instead");
+                            self.passthrough.store(false, Ordering::Relaxed);
+                        }
+                    }
+                }
+                self.catalog.passthrough_refused();
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            // A version never changes, so the kernel's cached pages stay valid across opens.
+            Ok(Opened::Rendered { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.catalog.read(fh.0, offset, size as usize) {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => {
+                log::warn!("read of handle {} failed: {e}", fh.0);
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.catalog.release(fh.0);
+        self.backing.lock().by_fh.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut entries = vec![
+            (ROOT_INO, FileType::Directory, ".".to_string()),
+            (ROOT_INO, FileType::Directory, "..".to_string()),
+        ];
+        entries.extend(
+            self.catalog
+                .readdir()
+                .into_iter()
+                .map(|(ino, name)| (ino, FileType::RegularFile, name)),
+        );
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// Sends kernel invalidations from a thread of its own: a notification sent from inside a
+/// request handler can deadlock against the kernel's lock on the directory.
+struct NotifierInvalidate {
+    tx: Mutex<mpsc::Sender<String>>,
+}
+
+impl Invalidate for NotifierInvalidate {
+    fn name_changed(&self, file_name: &str) {
+        let _ = self.tx.lock().send(file_name.to_string());
+    }
+}
+
+fn spawn_invalidator(notifier: Notifier) -> Arc<NotifierInvalidate> {
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::Builder::new()
+        .name("imgfs-invalidate".into())
+        .spawn(move || {
+            for name in rx {
+                // ENOENT only means the kernel had not cached the name.
+                let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(&name));
+            }
+        })
+        .expect("spawn invalidation thread");
+    Arc::new(NotifierInvalidate { tx: Mutex::new(tx) })
+}
+
+/// Mounts a catalog at `dir`; the caller runs or spawns the session.
+pub fn mount(
+    catalog: Arc<Catalog>,
+    dir: &Path,
+    settings: &MountSettings,
+) -> std::io::Result<Session<ImageFs>> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("imgfs".into()),
+        MountOption::Subtype("imgfs".into()),
+        MountOption::NoAtime,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+    ];
+    config.acl = if settings.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::RootAndOwner
+    };
+    if settings.auto_unmount {
+        config.mount_options.push(MountOption::AutoUnmount);
+    }
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let session = Session::new(ImageFs::new(catalog.clone()), dir, &config)?;
+    catalog.set_invalidator(spawn_invalidator(session.notifier()));
+    Ok(session)
+}

@@ -1,0 +1,199 @@
+//! Mounting: the Rust API (a mount owned by the calling program, unmounted on drop) and the
+//! daemon that `imgfs mount` runs.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::catalog::{Catalog, CatalogError, Summary};
+use crate::control::{self, server};
+use crate::fuse::{self, MountSettings};
+use crate::image::{DirtyState, Image, ImageError};
+
+/// Options for a mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Let other users read the mount.
+    pub allow_other: bool,
+    /// Serve the control socket, so the CLI and other processes can drive this mount.
+    pub control: bool,
+}
+
+/// A mount owned by this program: images inserted here appear as files in `dir` until the
+/// mount is dropped.
+pub struct Mount {
+    catalog: Arc<Catalog>,
+    session: Option<fuser::BackgroundSession>,
+    _socket: Option<server::SocketGuard>,
+}
+
+impl Mount {
+    /// Mounts `dir` (created if missing) with default options.
+    pub fn new(dir: impl AsRef<Path>) -> io::Result<Mount> {
+        Mount::with_options(dir, &MountOptions::default())
+    }
+
+    pub fn with_options(dir: impl AsRef<Path>, options: &MountOptions) -> io::Result<Mount> {
+        let dir = prepare_dir(dir.as_ref())?;
+        let catalog = Arc::new(Catalog::new(dir.clone()));
+        let session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+        let socket = if options.control {
+            let path = control::socket_path(&dir)?;
+            let listener = server::bind(&path)?;
+            server::spawn(listener, catalog.clone(), None)?;
+            Some(server::SocketGuard(path))
+        } else {
+            None
+        };
+        Ok(Mount {
+            catalog,
+            session: Some(session.spawn()?),
+            _socket: socket,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.catalog.mount_dir()
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Loads an image's header from `path` and serves it as `name`.
+    pub fn add(&self, name: &str, path: impl AsRef<Path>) -> Result<Summary, CatalogError> {
+        self.catalog.add(name, path.as_ref())
+    }
+
+    /// Serves an image held in memory.
+    pub fn insert(&self, name: &str, image: Image) -> Result<Summary, CatalogError> {
+        self.catalog.insert(name, image)
+    }
+
+    /// Edits an image; the mount serves the result as a new version.
+    pub fn edit<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Image) -> Result<R, ImageError>,
+    ) -> Result<R, CatalogError> {
+        self.catalog.edit(name, f)
+    }
+
+    /// The original file while the image is clean, its file in the mount otherwise.
+    pub fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {
+        self.catalog.path(name)
+    }
+
+    pub fn state(&self, name: &str) -> Result<DirtyState, CatalogError> {
+        self.catalog.state(name)
+    }
+
+    /// Unmounts now, reporting any error (dropping does the same, silently).
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.umount_and_join();
+        }
+    }
+}
+
+fn settings(options: &MountOptions) -> MountSettings {
+    MountSettings {
+        allow_other: options.allow_other,
+        auto_unmount: find_in_path("fusermount3").is_some(),
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Creates the mount point, and clears a dead mount left there by a daemon that died.
+fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
+    let dir = control::normalize(dir)?;
+    if let Err(e) = std::fs::metadata(&dir)
+        && e.raw_os_error() == Some(libc::ENOTCONN)
+    {
+        log::warn!("{} is a dead mount; detaching it", dir.display());
+        detach(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    if is_mount_point(&dir) {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is already a mount point", dir.display()),
+        ));
+    }
+    Ok(dir)
+}
+
+/// Whether something is mounted at `dir`, from /proc/self/mountinfo.
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = dir.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mount_point| mount_point == wanted)
+}
+
+/// Lazily unmounts `dir`: directly as root, else through `fusermount3 -u -z`.
+pub fn detach(dir: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: c is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "could not unmount {}",
+            dir.display()
+        )))
+    }
+}
+
+/// Runs a mount daemon in this process until it is told to stop or unmounted.
+/// `on_ready` is called once the mount and its control socket are live.
+pub fn run_daemon(
+    dir: &Path,
+    options: &MountOptions,
+    on_ready: impl FnOnce(&Path),
+) -> io::Result<()> {
+    let dir = prepare_dir(dir)?;
+    let catalog = Arc::new(Catalog::new(dir.clone()));
+    let mut session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let socket = control::socket_path(&dir)?;
+    let listener = server::bind(&socket)?;
+    let _guard = server::SocketGuard(socket);
+    let stop: server::Shutdown = Arc::new(move || {
+        if let Err(e) = unmounter.lock().unmount() {
+            log::error!("unmount failed: {e}");
+        }
+    });
+    server::spawn(listener, catalog, Some(stop))?;
+    on_ready(&dir);
+    session.run()
+}
