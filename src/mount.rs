@@ -5,8 +5,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::catalog::{Catalog, CatalogError, Summary};
 use crate::control::{self, server};
 use crate::fuse::{self, MountSettings};
@@ -92,17 +90,25 @@ impl Mount {
 
     /// Unmounts now, reporting any error (dropping does the same, silently).
     pub fn unmount(mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(session) => session.umount_and_join(),
-            None => Ok(()),
-        }
+        self.stop()
+    }
+
+    fn stop(&mut self) -> io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // fusermount3's auto-unmount only acts on a dead connection, so a live mount is
+        // detached here; the session then ends and its thread can be joined.
+        let detached = detach(self.catalog.mount_dir());
+        session.umount_and_join()?;
+        detached
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            let _ = session.umount_and_join();
+        if let Err(e) = self.stop() {
+            log::warn!("unmounting {}: {e}", self.catalog.mount_dir().display());
         }
     }
 }
@@ -183,14 +189,16 @@ pub fn run_daemon(
 ) -> io::Result<()> {
     let dir = prepare_dir(dir)?;
     let catalog = Arc::new(Catalog::new(dir.clone()));
-    let mut session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
-    let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
+    let session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
     let socket = control::socket_path(&dir)?;
     let listener = server::bind(&socket)?;
     let _guard = server::SocketGuard(socket);
+    // fusermount3's auto-unmount only acts once the connection is dead, so a requested stop
+    // detaches the mount itself; the session loop then sees the connection end.
+    let mount_dir = dir.clone();
     let stop: server::Shutdown = Arc::new(move || {
-        if let Err(e) = unmounter.lock().unmount() {
-            log::error!("unmount failed: {e}");
+        if let Err(e) = detach(&mount_dir) {
+            log::error!("unmounting {}: {e}", mount_dir.display());
         }
     });
     server::spawn(listener, catalog, Some(stop))?;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     /// The file could not be opened, read or written.
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     /// The file's content is not a valid image.
     #[error("{}: {problem}", path.display())]
     Invalid { path: PathBuf, problem: String },
@@ -20,7 +20,7 @@ impl FormatError {
     pub fn io(path: &Path, source: io::Error) -> FormatError {
         FormatError::Io {
             path: path.to_path_buf(),
-            source,
+            cause: source,
         }
     }
 

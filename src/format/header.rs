@@ -681,14 +681,26 @@ impl Header {
     pub fn slope_inter(&self) -> Option<(f64, f64)> {
         let slope = self.float("scl_slope");
         if slope == 0.0 || !slope.is_finite() {
+            if self.flavor == Flavor::Analyze {
+                return self.spm2_calibration_scaling();
+            }
             return None;
         }
         let inter = self.float("scl_inter");
         let inter = if inter.is_finite() { inter } else { 0.0 };
-        if self.flavor == Flavor::Analyze && slope == 1.0 && inter == 0.0 {
+        Some((slope, inter))
+    }
+
+    /// SPM2's fallback for Analyze without a scale factor: the scaling that maps the stored
+    /// range (`glmin`..`glmax`) onto the calibrated one (`cal_min`..`cal_max`).
+    fn spm2_calibration_scaling(&self) -> Option<(f64, f64)> {
+        let unscaled = (self.int("glmax") - self.int("glmin")) as f64;
+        let scaled = self.float("cal_max") - self.float("cal_min");
+        if unscaled == 0.0 || scaled == 0.0 || !scaled.is_finite() {
             return None;
         }
-        Some((slope, inter))
+        let slope = scaled / unscaled;
+        Some((slope, self.float("cal_min") - slope * self.int("glmin") as f64))
     }
 
     pub fn set_slope_inter(&mut self, scaling: Option<(f64, f64)>) {
@@ -745,7 +757,11 @@ impl Header {
     /// The affine stored as quaternion, offsets and pixdim (whatever `qform_code` says).
     pub fn qform_affine(&self) -> Affine {
         let pixdim = self.pixdim();
-        affine::quaternion_to_affine(
+        let threshold = match self.flavor {
+            Flavor::Nifti2 => affine::NIFTI2_QUATERNION_THRESHOLD,
+            _ => affine::NIFTI1_QUATERNION_THRESHOLD,
+        };
+        affine::quaternion_to_affine_with_threshold(
             [
                 self.float("quatern_b"),
                 self.float("quatern_c"),
@@ -758,6 +774,7 @@ impl Header {
             ],
             [pixdim[1], pixdim[2], pixdim[3]],
             pixdim[0],
+            threshold,
         )
     }
 
