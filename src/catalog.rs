@@ -236,7 +236,9 @@ impl Catalog {
         let single_nii = image
             .origin()
             .is_some_and(|o| o.file_map.is_single() && !o.file_map.compressed);
-        let original = image.original_data().filter(|_| state.is_clean() && single_nii);
+        let original = image
+            .original_data()
+            .filter(|_| state.is_clean() && single_nii);
         let (body, size) = match original {
             Some(source) => (Body::Original(source.clone()), source.seen.size),
             None => match Rendering::of(image) {
@@ -266,17 +268,46 @@ impl Catalog {
         version
     }
 
-    /// Brings an entry's version up to date with its image; true if it changed.
-    fn refresh(&self, name: &str, entry: &mut Entry) -> bool {
+    /// Brings an entry's version up to date with its image; true if it changed. The caller
+    /// tells the kernel with [`Catalog::notify`] once it has let go of the entry, unless it is
+    /// answering a lookup, whose answer already carries the new version.
+    fn refresh(&self, entry: &mut Entry) -> bool {
         let stale_original = entry.version.is_passthrough() && !entry.image.state().is_clean();
         if entry.image.generation() == entry.version.generation && !stale_original {
             return false;
         }
         entry.version = self.build_version(&entry.image);
+        true
+    }
+
+    /// Makes the kernel forget the name's cached binding, so the next open finds the new
+    /// version. Never called with an entry locked: the kernel takes the directory lock, which a
+    /// lookup waiting for that entry may hold.
+    fn notify(&self, name: &str) {
         if let Some(inv) = self.invalidate.read().as_ref() {
             inv.name_changed(&format!("{name}{SUFFIX}"));
         }
-        true
+    }
+
+    /// Locks an entry, refreshes it, runs `f`, and tells the kernel after unlocking.
+    fn with_fresh<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Entry) -> R,
+    ) -> Result<R, CatalogError> {
+        let entry = self.entry(name)?;
+        let (result, changed) = {
+            let mut entry = entry.lock();
+            let refreshed = self.refresh(&mut entry);
+            let before = entry.version.ino;
+            let result = f(&mut entry);
+            let changed = refreshed || self.refresh(&mut entry) || entry.version.ino != before;
+            (result, changed)
+        };
+        if changed {
+            self.notify(name);
+        }
+        Ok(result)
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Mutex<Entry>>, CatalogError> {
@@ -307,35 +338,31 @@ impl Catalog {
     pub fn insert(&self, name: &str, image: Image) -> Result<Summary, CatalogError> {
         check_name(name)?;
         let version = self.build_version(&image);
-        let entry = Arc::new(Mutex::new(Entry { image, version }));
-        {
+        let summary = {
+            let entry = Entry { image, version };
+            let summary = self.summarize(name, &entry);
             let mut entries = self.entries.write();
             if entries.contains_key(name) {
                 return Err(CatalogError::NameTaken(name.to_string()));
             }
-            entries.insert(name.to_string(), entry.clone());
-        }
-        if let Some(inv) = self.invalidate.read().as_ref() {
-            inv.name_changed(&format!("{name}{SUFFIX}"));
-        }
-        let entry = entry.lock();
-        Ok(self.summarize(name, &entry))
+            entries.insert(name.to_string(), Arc::new(Mutex::new(entry)));
+            summary
+        };
+        self.notify(name);
+        Ok(summary)
     }
 
     /// Serves `image` as `name`, replacing the image of that name if there is one.
     pub fn replace(&self, name: &str, image: Image) -> Result<Summary, CatalogError> {
         check_name(name)?;
-        let existing = self.entries.read().get(name).cloned();
-        let Some(entry) = existing else {
+        if !self.entries.read().contains_key(name) {
             return self.insert(name, image);
-        };
-        let mut entry = entry.lock();
-        entry.version = self.build_version(&image);
-        entry.image = image;
-        if let Some(inv) = self.invalidate.read().as_ref() {
-            inv.name_changed(&format!("{name}{SUFFIX}"));
         }
-        Ok(self.summarize(name, &entry))
+        self.with_fresh(name, |entry| {
+            entry.version = self.build_version(&image);
+            entry.image = image;
+            self.summarize(name, entry)
+        })
     }
 
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
@@ -343,9 +370,7 @@ impl Catalog {
             .write()
             .remove(name)
             .ok_or_else(|| CatalogError::UnknownName(name.to_string()))?;
-        if let Some(inv) = self.invalidate.read().as_ref() {
-            inv.name_changed(&format!("{name}{SUFFIX}"));
-        }
+        self.notify(name);
         Ok(())
     }
 
@@ -355,27 +380,20 @@ impl Catalog {
         name: &str,
         f: impl FnOnce(&mut Image) -> Result<R, ImageError>,
     ) -> Result<R, CatalogError> {
-        let entry = self.entry(name)?;
-        let mut entry = entry.lock();
-        let result = f(&mut entry.image);
-        self.refresh(name, &mut entry);
-        result.map_err(|source| CatalogError::Image {
-            name: name.to_string(),
-            source,
-        })
+        self.with_fresh(name, |entry| f(&mut entry.image))?
+            .map_err(|source| CatalogError::Image {
+                name: name.to_string(),
+                source,
+            })
     }
 
     /// The design note's `as_filename`: the original while the image is clean, the mount path
     /// otherwise.
     pub fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {
-        let entry = self.entry(name)?;
-        let mut entry = entry.lock();
-        self.refresh(name, &mut entry);
-        let state = entry.image.state();
-        match entry.image.origin() {
-            Some(origin) if state.is_clean() => Ok(origin.path().to_path_buf()),
-            _ => Ok(self.mount_path(name)),
-        }
+        self.with_fresh(name, |entry| match entry.image.origin() {
+            Some(origin) if entry.image.state().is_clean() => origin.path().to_path_buf(),
+            _ => self.mount_path(name),
+        })
     }
 
     pub fn mount_path(&self, name: &str) -> PathBuf {
@@ -383,9 +401,7 @@ impl Catalog {
     }
 
     pub fn state(&self, name: &str) -> Result<DirtyState, CatalogError> {
-        let entry = self.entry(name)?;
-        let entry = entry.lock();
-        Ok(entry.image.state())
+        self.with_fresh(name, |entry| entry.image.state())
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -393,27 +409,14 @@ impl Catalog {
     }
 
     pub fn list(&self) -> Vec<Summary> {
-        let entries: Vec<(String, Arc<Mutex<Entry>>)> = self
-            .entries
-            .read()
+        self.names()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        entries
-            .into_iter()
-            .map(|(name, entry)| {
-                let mut entry = entry.lock();
-                self.refresh(&name, &mut entry);
-                self.summarize(&name, &entry)
-            })
+            .filter_map(|name| self.summary(name).ok())
             .collect()
     }
 
     pub fn summary(&self, name: &str) -> Result<Summary, CatalogError> {
-        let entry = self.entry(name)?;
-        let mut entry = entry.lock();
-        self.refresh(name, &mut entry);
-        Ok(self.summarize(name, &entry))
+        self.with_fresh(name, |entry| self.summarize(name, entry))
     }
 
     fn summarize(&self, name: &str, entry: &Entry) -> Summary {
@@ -474,7 +477,7 @@ impl Catalog {
         let name = Catalog::name_of(file_name).ok_or(FsError::NotFound)?;
         let entry = self.entry(name).map_err(|_| FsError::NotFound)?;
         let mut entry = entry.lock();
-        self.refresh(name, &mut entry);
+        self.refresh(&mut entry);
         Ok(attr_of(&entry.version))
     }
 

@@ -369,7 +369,10 @@ fn unmount(dir: Option<&Path>) -> Result<()> {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
-            bail!("{} is still mounted 5 s after the daemon was told to stop", dir.display())
+            bail!(
+                "{} is still mounted 5 s after the daemon was told to stop",
+                dir.display()
+            )
         }
         Err(e) => {
             if mount::is_mount_point(&dir) {
@@ -510,4 +513,3 @@ fn print_ls(images: &Value) {
         println!("{:<20} {}", "", compact(&img["state"]));
     }
 }
-

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak, mpsc};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
@@ -110,9 +110,7 @@ fn errno(e: &FsError) -> Errno {
 
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let enabled = config
-            .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
-            .is_ok()
+        let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
         log::info!("FUSE passthrough offered by the kernel: {enabled}");
         self.passthrough.store(enabled, Ordering::Relaxed);
@@ -144,7 +142,13 @@ impl Filesystem for ImageFs {
             Ok(Opened::Passthrough { fh, source }) => {
                 if self.passthrough.load(Ordering::Relaxed) {
                     match self.open_passthrough(ino.0, fh, &source.file, &reply) {
-                        Ok(id) => return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+                        Ok(id) => {
+                            return reply.opened_passthrough(
+                                FileHandle(fh),
+                                FopenFlags::empty(),
+                                &id,
+                            );
+                        }
                         Err(e) => {
                             log::warn!("passthrough refused ({e}); forwarding reads instead");
                             self.passthrough.store(false, Ordering::Relaxed);
@@ -155,7 +159,9 @@ impl Filesystem for ImageFs {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             // A version never changes, so the kernel's cached pages stay valid across opens.
-            Ok(Opened::Rendered { fh }) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(Opened::Rendered { fh }) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -225,30 +231,18 @@ impl Filesystem for ImageFs {
     }
 }
 
-/// Sends kernel invalidations from a thread of its own: a notification sent from inside a
-/// request handler can deadlock against the kernel's lock on the directory.
+/// Tells the kernel to drop a name's cached binding.
 struct NotifierInvalidate {
-    tx: Mutex<mpsc::Sender<String>>,
+    notifier: Notifier,
 }
 
 impl Invalidate for NotifierInvalidate {
     fn name_changed(&self, file_name: &str) {
-        let _ = self.tx.lock().send(file_name.to_string());
+        // ENOENT only means the kernel had not cached the name.
+        let _ = self
+            .notifier
+            .inval_entry(INodeNo(ROOT_INO), OsStr::new(file_name));
     }
-}
-
-fn spawn_invalidator(notifier: Notifier) -> Arc<NotifierInvalidate> {
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::Builder::new()
-        .name("imgfs-invalidate".into())
-        .spawn(move || {
-            for name in rx {
-                // ENOENT only means the kernel had not cached the name.
-                let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(&name));
-            }
-        })
-        .expect("spawn invalidation thread");
-    Arc::new(NotifierInvalidate { tx: Mutex::new(tx) })
 }
 
 /// Mounts a catalog at `dir`; the caller runs or spawns the session.
@@ -277,6 +271,8 @@ pub fn mount(
     config.n_threads = Some(4);
     config.clone_fd = true;
     let session = Session::new(ImageFs::new(catalog.clone()), dir, &config)?;
-    catalog.set_invalidator(spawn_invalidator(session.notifier()));
+    catalog.set_invalidator(Arc::new(NotifierInvalidate {
+        notifier: session.notifier(),
+    }));
     Ok(session)
 }

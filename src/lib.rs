@@ -6,11 +6,11 @@
 //! versions, [`fuse`] translates kernel requests onto the catalog, and [`control`] lets other
 //! processes drive it.
 
-pub mod format;
-pub mod image;
-pub mod render;
 pub mod catalog;
-pub mod fuse;
-pub mod control;
-pub mod mount;
 pub mod cli;
+pub mod control;
+pub mod format;
+pub mod fuse;
+pub mod image;
+pub mod mount;
+pub mod render;

@@ -61,7 +61,10 @@ impl Client {
             Ok(value)
         } else {
             Err(ClientError::Refused(
-                value["error"].as_str().unwrap_or("unknown error").to_string(),
+                value["error"]
+                    .as_str()
+                    .unwrap_or("unknown error")
+                    .to_string(),
             ))
         }
     }

@@ -29,7 +29,9 @@ pub enum Request {
     /// Every image's summary.
     Ls,
     /// One image's summary, header fields, affine and extensions.
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Header edits, applied in order, all or none: `[["descrip", "x"], ["datatype", "int16"]]`.
     /// Values may be strings, numbers or arrays of numbers.
     Set {
@@ -37,14 +39,27 @@ pub enum Request {
         fields: Vec<(String, Value)>,
     },
     /// Replace the affine (written to the sform, and the qform when it is in use).
-    SetAffine { name: String, affine: Affine },
+    SetAffine {
+        name: String,
+        affine: Affine,
+    },
     /// The design note's `as_filename`: the original while clean, the mount path otherwise.
-    Path { name: String },
+    Path {
+        name: String,
+    },
     /// Override the state: `clean` or `dirty`.
-    Mark { name: String, state: String },
-    Rm { name: String },
+    Mark {
+        name: String,
+        state: String,
+    },
+    Rm {
+        name: String,
+    },
     /// Write the image to `out` (absolute), in the format its name calls for.
-    Save { name: String, out: PathBuf },
+    Save {
+        name: String,
+        out: PathBuf,
+    },
     /// A whole image from another process. The voxel data come in the file descriptor sent
     /// with this line (a memfd), `data_offset` bytes in, in file (Fortran) order and native byte
     /// order; `header` is the raw NIfTI header in base64.
@@ -72,11 +87,7 @@ pub enum Request {
 pub fn field_text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(field_text)
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Array(items) => items.iter().map(field_text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
     }
 }

@@ -140,7 +140,10 @@ fn handle(
             let name = match name {
                 Some(n) => n,
                 None => crate::catalog::name_from_path(&path).ok_or_else(|| {
-                    format!("{}: cannot take an image name from this path", path.display())
+                    format!(
+                        "{}: cannot take an image name from this path",
+                        path.display()
+                    )
                 })?,
             };
             to_value(catalog.add(&name, &path).map_err(|e| text(&e))?)
@@ -191,7 +194,10 @@ fn handle(
         }
         Request::Save { name, out } => {
             if !out.is_absolute() {
-                return Err(format!("{}: the daemon needs an absolute path", out.display()));
+                return Err(format!(
+                    "{}: the daemon needs an absolute path",
+                    out.display()
+                ));
             }
             catalog.save(&name, &out).map_err(|e| text(&e))?;
             json!({"path": out})
@@ -209,7 +215,15 @@ fn handle(
             let fd = fds
                 .pop_front()
                 .ok_or("put needs the data's file descriptor sent with the request")?;
-            let image = image_from_wire(&header, affine, &extensions, &shape, &dtype, fd, data_offset)?;
+            let image = image_from_wire(
+                &header,
+                affine,
+                &extensions,
+                &shape,
+                &dtype,
+                fd,
+                data_offset,
+            )?;
             let summary = if replace {
                 catalog.replace(&name, image)
             } else {
@@ -284,7 +298,8 @@ fn image_from_wire(
     // SAFETY: the client hands over a memfd it no longer writes to; a concurrent writer could
     // only change the voxel values we serve, never memory safety of our own data structures,
     // as the map is read through plain byte copies.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map the data: {e}"))?;
+    let map =
+        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map the data: {e}"))?;
     let data = VoxelBuffer::mapped(dtype, shape, map, data_offset as usize)?;
     Image::from_parts(header, affine, extensions, data).map_err(|e| e.to_string())
 }
@@ -297,4 +312,3 @@ impl Drop for SocketGuard {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-

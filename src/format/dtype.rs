@@ -208,7 +208,15 @@ mod tests {
     #[test]
     fn refused_types_say_why() {
         assert!(DataType::from_code(1536).unwrap_err().contains("float128"));
-        assert!(DataType::from_code(2048).unwrap_err().contains("complex256"));
-        assert!(DataType::from_code(7).unwrap_err().contains("not a NIfTI data type"));
+        assert!(
+            DataType::from_code(2048)
+                .unwrap_err()
+                .contains("complex256")
+        );
+        assert!(
+            DataType::from_code(7)
+                .unwrap_err()
+                .contains("not a NIfTI data type")
+        );
     }
 }

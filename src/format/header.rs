@@ -429,6 +429,22 @@ impl Header {
         self.field(name).is_ok()
     }
 
+    /// The fields whose bytes differ from `other`'s (same layout expected; NaN equals NaN).
+    pub fn differing_fields(&self, other: &Header) -> Vec<&'static str> {
+        if self.flavor != other.flavor || self.order != other.order {
+            return self.field_names().collect();
+        }
+        self.flavor
+            .fields()
+            .iter()
+            .filter(|f| {
+                let span = f.offset..f.offset + f.kind.width() * f.count;
+                self.bytes[span.clone()] != other.bytes[span]
+            })
+            .map(|f| f.name)
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Result<FieldValue, FieldError> {
         let field = self.field(name)?;
         Ok(self.read_field(field))
@@ -700,7 +716,10 @@ impl Header {
             return None;
         }
         let slope = scaled / unscaled;
-        Some((slope, self.float("cal_min") - slope * self.int("glmin") as f64))
+        Some((
+            slope,
+            self.float("cal_min") - slope * self.int("glmin") as f64,
+        ))
     }
 
     pub fn set_slope_inter(&mut self, scaling: Option<(f64, f64)>) {
@@ -939,7 +958,9 @@ mod tests {
 
     #[test]
     fn wrong_sizeof_hdr_is_refused() {
-        let mut bytes = Header::new(Flavor::Nifti1, ByteOrder::Little).as_bytes().to_vec();
+        let mut bytes = Header::new(Flavor::Nifti1, ByteOrder::Little)
+            .as_bytes()
+            .to_vec();
         bytes[0] = 0x50;
         let err = Header::parse(&bytes).unwrap_err();
         assert!(err.to_string().contains("sizeof_hdr is 336"), "{err}");

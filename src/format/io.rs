@@ -296,9 +296,10 @@ impl LoadedFile {
         let size = fs::metadata(path)
             .map_err(|e| FormatError::io(path, e))?
             .len();
-        let needed = self.data_offset.checked_add(self.data_len).ok_or_else(|| {
-            FormatError::invalid(path, "vox_offset plus the data size overflows")
-        })?;
+        let needed = self
+            .data_offset
+            .checked_add(self.data_len)
+            .ok_or_else(|| FormatError::invalid(path, "vox_offset plus the data size overflows"))?;
         if size < needed {
             return Err(FormatError::invalid(
                 path,
@@ -384,8 +385,8 @@ fn shape_text(shape: &[u64]) -> String {
 pub fn single_file_prefix(header: &Header, extensions: &[Extension]) -> Vec<u8> {
     let mut header = header.clone();
     let flavor = header.flavor();
-    let needed = flavor.min_single_offset()
-        + extensions.iter().map(|e| e.disk_size() as u64).sum::<u64>();
+    let needed =
+        flavor.min_single_offset() + extensions.iter().map(|e| e.disk_size() as u64).sum::<u64>();
     let kept = header.vox_offset_raw();
     let offset = if header.is_single_file() && kept.fract() == 0.0 && kept >= needed as f64 {
         kept as u64

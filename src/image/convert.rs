@@ -125,7 +125,11 @@ pub fn decode(dtype: DataType, order: ByteOrder, bytes: &[u8], out: &mut Vec<f64
         ($t:ty, $n:expr) => {
             out.extend(bytes.chunks_exact($n).map(|c| {
                 let raw: [u8; $n] = c.try_into().expect("chunk width");
-                (if big { <$t>::from_be_bytes(raw) } else { <$t>::from_le_bytes(raw) }) as f64
+                (if big {
+                    <$t>::from_be_bytes(raw)
+                } else {
+                    <$t>::from_le_bytes(raw)
+                }) as f64
             }))
         };
     }
@@ -157,12 +161,20 @@ pub fn encode(dtype: DataType, order: ByteOrder, values: &[f64], out: &mut Vec<u
                 .unwrap_or((f64::NEG_INFINITY, f64::INFINITY));
             for &v in values {
                 let v = if dtype.is_integer() {
-                    if v.is_nan() { 0.0 } else { v.round().clamp(lo, hi) }
+                    if v.is_nan() {
+                        0.0
+                    } else {
+                        v.round().clamp(lo, hi)
+                    }
                 } else {
                     v
                 };
                 let x = v as $t;
-                out.extend_from_slice(&if big { x.to_be_bytes() } else { x.to_le_bytes() });
+                out.extend_from_slice(&if big {
+                    x.to_be_bytes()
+                } else {
+                    x.to_le_bytes()
+                });
             }
         }};
     }
@@ -226,8 +238,13 @@ mod tests {
     fn float_to_int16_uses_the_whole_range() {
         let mut r = ValueRange::default();
         r.add(&[-1.0, 0.5, 3.0]);
-        let to = target_encoding(enc(DataType::Float32, None), DataType::Int16, Some(r), false)
-            .unwrap();
+        let to = target_encoding(
+            enc(DataType::Float32, None),
+            DataType::Int16,
+            Some(r),
+            false,
+        )
+        .unwrap();
         let (s, i) = to.scaling.unwrap();
         assert!(((-1.0 - i) / s - -32768.0).abs() < 1e-9);
         assert!(((3.0 - i) / s - 32767.0).abs() < 1e-9);
@@ -264,8 +281,13 @@ mod tests {
 
     #[test]
     fn complex_to_real_is_refused() {
-        let err = target_encoding(enc(DataType::Complex64, None), DataType::Float32, None, true)
-            .unwrap_err();
+        let err = target_encoding(
+            enc(DataType::Complex64, None),
+            DataType::Float32,
+            None,
+            true,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("complex"));
     }
 

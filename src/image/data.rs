@@ -95,7 +95,7 @@ impl VoxelBuffer {
             .iter()
             .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d))
             .ok_or("the shape's byte count overflows")?;
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(format!("data_offset {offset} is not a multiple of 8"));
         }
         if (map.len() as u64) < offset as u64 + len {
@@ -116,7 +116,11 @@ impl VoxelBuffer {
     /// Takes bytes in `order` and keeps them in native order.
     pub fn from_bytes(dtype: DataType, shape: &[u64], bytes: &[u8], order: ByteOrder) -> Self {
         let mut buf = VoxelBuffer::zeros(dtype, shape);
-        assert_eq!(bytes.len(), buf.len, "byte count must match shape and dtype");
+        assert_eq!(
+            bytes.len(),
+            buf.len,
+            "byte count must match shape and dtype"
+        );
         buf.bytes_mut().copy_from_slice(bytes);
         if order != ByteOrder::native() {
             swap_in_place(buf.bytes_mut(), dtype.swap_width());

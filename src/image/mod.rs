@@ -290,7 +290,10 @@ impl Image {
             }
             "bitpix" => return Err(refused_field(name, "it follows datatype")),
             "sizeof_hdr" | "magic" | "vox_offset" => {
-                return Err(refused_field(name, "imgfs sets it when it lays out the file"));
+                return Err(refused_field(
+                    name,
+                    "imgfs sets it when it lays out the file",
+                ));
             }
             _ => {}
         }
@@ -303,7 +306,12 @@ impl Image {
         if name == "dim" {
             self.shape = self.header.shape().map_err(ImageError::Refused)?;
         }
-        if self.loaded.as_ref().and_then(|l| l.sidecar_affine).is_none() {
+        if self
+            .loaded
+            .as_ref()
+            .and_then(|l| l.sidecar_affine)
+            .is_none()
+        {
             self.affine = self.header.best_affine();
         }
         self.touch();
@@ -577,10 +585,8 @@ impl Image {
         if self.data_written {
             reasons.push(Reason::DataWritten);
         }
-        for name in self.header.field_names() {
-            if self.header.get(name) != self.baseline.header.get(name) {
-                reasons.push(Reason::HeaderField(name.to_string()));
-            }
+        for name in self.header.differing_fields(&self.baseline.header) {
+            reasons.push(Reason::HeaderField(name.to_string()));
         }
         if format::affine::max_abs_diff(&self.affine, &self.baseline.affine) > 0.0 {
             reasons.push(Reason::AffineChanged);
@@ -588,8 +594,11 @@ impl Image {
         if self.extensions.len() != self.baseline.extensions.len() {
             reasons.push(Reason::ExtensionsAddedOrRemoved);
         }
-        for (i, (ext, (code, content))) in
-            self.extensions.iter().zip(&self.baseline.extensions).enumerate()
+        for (i, (ext, (code, content))) in self
+            .extensions
+            .iter()
+            .zip(&self.baseline.extensions)
+            .enumerate()
         {
             let changed = match content {
                 Some(bytes) => ext.code != *code || ext.content != *bytes,
