@@ -1,0 +1,180 @@
+//! The image model: one test per dirty-tracking rule of nibabel's design note, lazy loading,
+//! and round trips through every file format.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imgfs::catalog::save_image;
+use imgfs::format::{ByteOrder, DataType, Extension, Flavor, Header, affine};
+use imgfs::image::{Image, LARGE_EXTENSION, Reason, VoxelBuffer};
+
+fn saved(dir: &Path, name: &str, extensions: Vec<Extension>) -> PathBuf {
+    let values: Vec<i16> = (0..60).map(|i| i * 3 - 20).collect();
+    let data = VoxelBuffer::from_vec(&[3, 4, 5], &values);
+    let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+    let image = Image::from_parts(header, affine::IDENTITY, extensions, data).unwrap();
+    let path = dir.join(name);
+    save_image(&image, &path).unwrap();
+    path
+}
+
+fn loaded(extensions: Vec<Extension>) -> (tempfile::TempDir, Image) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = saved(tmp.path(), "a.nii", extensions);
+    let image = Image::load(&path).unwrap();
+    (tmp, image)
+}
+
+#[test]
+fn a_loaded_image_is_clean_and_reading_its_data_keeps_it_clean() {
+    let (_tmp, mut image) = loaded(vec![]);
+    assert!(image.state().is_clean(), "{}", image.state());
+    assert_eq!(image.data().unwrap().typed::<i16>().unwrap()[1], -17);
+    let _ = image.fdata().unwrap();
+    assert!(image.state().is_clean(), "{}", image.state());
+}
+
+#[test]
+fn data_zeroed_after_it_was_handed_out_is_dirty() {
+    let (_tmp, mut image) = loaded(vec![]);
+    image.data_mut().unwrap().view_mut::<i16>().unwrap().fill(0);
+    assert_eq!(image.state().reasons, vec![Reason::DataWritten]);
+}
+
+#[test]
+fn header_dtype_set_to_complex64_is_dirty() {
+    let (_tmp, mut image) = loaded(vec![]);
+    image.set_field("datatype", "complex64").unwrap();
+    let state = image.state().to_string();
+    assert!(state.contains("header field datatype changed"), "{state}");
+    assert_eq!(image.header().datatype().unwrap(), DataType::Complex64);
+}
+
+#[test]
+fn setting_a_field_to_its_current_value_leaves_the_image_clean() {
+    let (_tmp, mut image) = loaded(vec![]);
+    let code = image.header().sform_code().to_string();
+    image.set_field("sform_code", &code).unwrap();
+    image.set_field("datatype", "int16").unwrap();
+    assert!(image.state().is_clean(), "{}", image.state());
+}
+
+#[test]
+fn a_changed_affine_is_dirty() {
+    let (_tmp, mut image) = loaded(vec![]);
+    let mut a = *image.affine();
+    a[0][3] += 1.5;
+    image.set_affine(a);
+    let state = image.state().to_string();
+    assert!(state.contains("affine changed"), "{state}");
+    assert!(state.contains("header field srow_x changed"), "{state}");
+}
+
+#[test]
+fn the_override_marks_dirty_then_clean() {
+    let (_tmp, mut image) = loaded(vec![]);
+    image.mark_dirty();
+    assert_eq!(image.state().to_string(), "dirty: marked dirty");
+    image.mark_clean();
+    assert!(image.state().is_clean());
+    image.set_field("descrip", "changed").unwrap();
+    assert!(!image.state().is_clean());
+    image.mark_clean();
+    assert!(image.state().is_clean(), "marking clean accepts the edits");
+}
+
+#[test]
+fn small_extensions_are_compared() {
+    let ext = Extension {
+        code: 6,
+        content: b"a comment\0\0\0\0\0\0\0".to_vec(),
+    };
+    let (_tmp, mut image) = loaded(vec![ext]);
+    let same = image.extension_mut(0).unwrap().content.clone();
+    image.extension_mut(0).unwrap().content = same;
+    assert!(image.state().is_clean(), "{}", image.state());
+    image.extension_mut(0).unwrap().content[0] = b'A';
+    assert_eq!(image.state().reasons, vec![Reason::ExtensionChanged(0)]);
+}
+
+#[test]
+fn a_large_extension_handed_out_for_writing_counts_as_changed() {
+    let ext = Extension {
+        code: 4,
+        content: vec![7; LARGE_EXTENSION + 8],
+    };
+    let (_tmp, mut image) = loaded(vec![ext]);
+    assert!(image.state().is_clean());
+    let _ = image.extension_mut(0).unwrap();
+    assert_eq!(
+        image.state().reasons,
+        vec![Reason::LargeExtensionHandedOut(0)]
+    );
+}
+
+#[test]
+fn an_original_changed_on_disk_is_never_clean_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = saved(tmp.path(), "a.nii", vec![]);
+    let mut image = Image::load(&path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.push(0);
+    fs::write(&path, &bytes).unwrap();
+    assert!(image.state().original_changed());
+    // Even putting the old bytes back, or overriding, does not restore the correspondence.
+    bytes.pop();
+    fs::write(&path, &bytes).unwrap();
+    image.mark_clean();
+    let state = image.state().to_string();
+    assert!(state.contains("modified on disk since load"), "{state}");
+    let err = image.data().unwrap_err().to_string();
+    assert!(err.contains("modified on disk since load"), "{err}");
+}
+
+#[test]
+fn an_in_memory_image_is_never_clean() {
+    let data = VoxelBuffer::from_vec(&[2, 2], &[1.0f32, 2.0, 3.0, 4.0]);
+    let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+    let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+    assert_eq!(image.state().to_string(), "dirty: not loaded from a file");
+}
+
+#[test]
+fn a_reshape_that_changes_the_voxel_count_is_refused() {
+    let (_tmp, mut image) = loaded(vec![]);
+    let err = image.set_field("dim", "3,3,4,6,1,1,1,1").unwrap_err();
+    assert!(err.to_string().contains("number of voxels"), "{err}");
+    image.set_field("dim", "3,4,3,5,1,1,1,1").unwrap();
+    assert_eq!(image.shape(), &[4, 3, 5]);
+}
+
+/// Bytes read by this process so far (Linux `rchar`).
+fn bytes_read() -> u64 {
+    let io = fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn loading_a_1_gib_image_reads_only_its_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+    header.set_shape(&[512, 512, 256, 4]).unwrap();
+    header.set_datatype(DataType::Int16);
+    let prefix = imgfs::format::io::single_file_prefix(&header, &[]);
+    let path = tmp.path().join("big.nii");
+    let file = fs::File::create(&path).unwrap();
+    use std::io::Write;
+    (&file).write_all(&prefix).unwrap();
+    file.set_len(prefix.len() as u64 + (1 << 30)).unwrap();
+    drop(file);
+    let before = bytes_read();
+    let image = Image::load(&path).unwrap();
+    let read = bytes_read() - before;
+    assert_eq!(image.shape(), &[512, 512, 256, 4]);
+    assert!(read < 64 * 1024, "loading read {read} bytes");
+}
