@@ -52,6 +52,9 @@ enum Verb {
         /// Let other users read the mount.
         #[arg(long)]
         allow_other: bool,
+        /// Serve clean files by forwarding reads instead of kernel passthrough.
+        #[arg(long)]
+        no_passthrough: bool,
         /// Internal: report readiness on stdout, then detach from it.
         #[arg(long, hide = true)]
         daemon_ready: bool,
@@ -206,6 +209,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             dir,
             foreground,
             allow_other,
+            no_passthrough,
             daemon_ready,
         } => {
             let dir = match dir {
@@ -215,6 +219,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             let options = MountOptions {
                 allow_other,
                 control: true,
+                no_passthrough,
             };
             if foreground {
                 mount::run_daemon(&dir, &options, |dir| {
@@ -228,7 +233,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 })
                 .with_context(|| format!("mounting {}", dir.display()))?;
             } else {
-                spawn_daemon(&dir, allow_other)?;
+                spawn_daemon(&dir, allow_other, no_passthrough)?;
                 println!("{}", dir.display());
             }
         }
@@ -319,7 +324,7 @@ fn detach_stdout() {
 }
 
 /// Starts `imgfs mount DIR --foreground` in its own session and waits until it is live.
-fn spawn_daemon(dir: &Path, allow_other: bool) -> Result<()> {
+fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<()> {
     let log = control::log_path(dir)?;
     let log_file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -331,6 +336,9 @@ fn spawn_daemon(dir: &Path, allow_other: bool) -> Result<()> {
         .stderr(log_file);
     if allow_other {
         cmd.arg("--allow-other");
+    }
+    if no_passthrough {
+        cmd.arg("--no-passthrough");
     }
     // SAFETY: setsid is async-signal-safe and is all that runs between fork and exec.
     unsafe {
@@ -390,8 +398,8 @@ fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
     let mount = Mount::with_options(
         &dir,
         &MountOptions {
-            allow_other: false,
             control: true,
+            ..MountOptions::default()
         },
     )
     .with_context(|| format!("mounting {}", dir.display()))?;

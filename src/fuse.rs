@@ -28,6 +28,8 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Unmount when the process dies, even by SIGKILL (needs `fusermount3`).
     pub auto_unmount: bool,
+    /// Never use kernel passthrough: clean files are served by forwarding reads.
+    pub no_passthrough: bool,
 }
 
 /// Backing files registered with the kernel, one per inode while any handle is open.
@@ -39,6 +41,7 @@ struct Backing {
 
 pub struct ImageFs {
     catalog: Arc<Catalog>,
+    allow_passthrough: bool,
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
     uid: u32,
@@ -46,9 +49,10 @@ pub struct ImageFs {
 }
 
 impl ImageFs {
-    pub fn new(catalog: Arc<Catalog>) -> ImageFs {
+    pub fn new(catalog: Arc<Catalog>, allow_passthrough: bool) -> ImageFs {
         ImageFs {
             catalog,
+            allow_passthrough,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
             // SAFETY: getuid and getgid cannot fail and touch no memory.
@@ -110,9 +114,10 @@ fn errno(e: &FsError) -> Errno {
 
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let enabled = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+        let enabled = self.allow_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
-        log::info!("FUSE passthrough offered by the kernel: {enabled}");
+        log::info!("FUSE passthrough in use: {enabled}");
         self.passthrough.store(enabled, Ordering::Relaxed);
         Ok(())
     }
@@ -270,7 +275,11 @@ pub fn mount(
     }
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session = Session::new(ImageFs::new(catalog.clone()), dir, &config)?;
+    let session = Session::new(
+        ImageFs::new(catalog.clone(), !settings.no_passthrough),
+        dir,
+        &config,
+    )?;
     catalog.set_invalidator(Arc::new(NotifierInvalidate {
         notifier: session.notifier(),
     }));

@@ -17,6 +17,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Serve the control socket, so the CLI and other processes can drive this mount.
     pub control: bool,
+    /// Serve clean files by forwarding reads instead of kernel passthrough.
+    pub no_passthrough: bool,
 }
 
 /// A mount owned by this program: images inserted here appear as files in `dir` until the
@@ -117,6 +119,7 @@ fn settings(options: &MountOptions) -> MountSettings {
     MountSettings {
         allow_other: options.allow_other,
         auto_unmount: find_in_path("fusermount3").is_some(),
+        no_passthrough: options.no_passthrough,
     }
 }
 

@@ -61,6 +61,23 @@ fn clean_nii_is_passed_through_byte_identical() {
 }
 
 #[test]
+fn without_passthrough_clean_reads_are_forwarded_to_the_original() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (orig, _) = write_image(tmp.path(), "a.nii", ByteOrder::Little);
+    let options = imgfs::mount::MountOptions {
+        no_passthrough: true,
+        ..Default::default()
+    };
+    let m = Mount::with_options(tmp.path().join("mnt"), &options).unwrap();
+    m.add("a", &orig).unwrap();
+    let served = fs::read(m.dir().join("a.nii")).unwrap();
+    assert_eq!(served, fs::read(&orig).unwrap());
+    let stats = &m.catalog().stats;
+    assert_eq!(stats.passthrough_opens.load(Ordering::Relaxed), 0);
+    assert!(stats.forwarded_reads.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
 fn header_edit_streams_data_from_the_original_without_loading_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (orig, values) = write_image(tmp.path(), "a.nii", ByteOrder::Big);
