@@ -159,7 +159,8 @@ static NIFTI1_FIELDS: &[Field] = &[
 
 static NIFTI2_FIELDS: &[Field] = &[
     f("sizeof_hdr", 0, Kind::I32, 1),
-    f("magic", 4, Kind::Text, 8),
+    f("magic", 4, Kind::Text, 4),
+    f("eol_check", 8, Kind::U8, 4),
     f("datatype", 12, Kind::I16, 1),
     f("bitpix", 14, Kind::I16, 1),
     f("dim", 16, Kind::I64, 8),
@@ -244,6 +245,10 @@ static ANALYZE_FIELDS: &[Field] = &[
     f("smax", 340, Kind::I32, 1),
     f("smin", 344, Kind::I32, 1),
 ];
+
+/// NIfTI-2's `eol_check` bytes after the magic: `\r\n\x1a\n`, which catch a file mangled by
+/// text-mode transfers.
+const EOL_CHECK: [i64; 4] = [13, 10, 26, 10];
 
 /// A field's value, as the CLI and the control protocol exchange it.
 #[derive(Clone, Debug, PartialEq)]
@@ -359,7 +364,10 @@ impl Header {
         h.put_ints("sizeof_hdr", &[flavor.header_len() as i64]);
         match flavor {
             Flavor::Nifti1 => h.put_text("magic", b"n+1\0"),
-            Flavor::Nifti2 => h.put_text("magic", b"n+2\0\r\n\x1a\n"),
+            Flavor::Nifti2 => {
+                h.put_text("magic", b"n+2\0");
+                h.put_ints("eol_check", &EOL_CHECK);
+            }
             Flavor::Analyze => {
                 h.put_ints("extents", &[16384]);
                 h.put_text("regular", b"r");
@@ -404,8 +412,8 @@ impl Header {
         match (self.flavor, single) {
             (Flavor::Nifti1, true) => self.put_text("magic", b"n+1\0"),
             (Flavor::Nifti1, false) => self.put_text("magic", b"ni1\0"),
-            (Flavor::Nifti2, true) => self.put_text("magic", b"n+2\0\r\n\x1a\n"),
-            (Flavor::Nifti2, false) => self.put_text("magic", b"ni2\0\r\n\x1a\n"),
+            (Flavor::Nifti2, true) => self.put_text("magic", b"n+2\0"),
+            (Flavor::Nifti2, false) => self.put_text("magic", b"ni2\0"),
             (Flavor::Analyze, _) => {}
         }
     }
@@ -862,7 +870,7 @@ impl Header {
             return self.clone();
         }
         let mut out = Header::new(flavor, self.order);
-        let skip = ["sizeof_hdr", "magic", "vox_offset"];
+        let skip = ["sizeof_hdr", "magic", "eol_check", "vox_offset"];
         for field in self.flavor.fields() {
             if skip.contains(&field.name) || !out.has_field(field.name) {
                 continue;

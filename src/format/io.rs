@@ -75,14 +75,16 @@ impl FileMap {
         if self.is_single() { "single" } else { "pair" }
     }
 
-    /// SPM's `.mat` sidecar beside a pair.
+    /// SPM's `.mat` sidecar beside a pair (`.mat.gz` beside a compressed one, as nibabel
+    /// writes it).
     pub fn sidecar(&self) -> Option<PathBuf> {
         if self.is_single() {
             return None;
         }
         let name = self.header.file_name()?.to_str()?;
         let stem = name.trim_end_matches(".gz").trim_end_matches(".hdr");
-        Some(self.header.with_file_name(format!("{stem}.mat")))
+        let gz = if self.compressed { ".gz" } else { "" };
+        Some(self.header.with_file_name(format!("{stem}.mat{gz}")))
     }
 }
 
@@ -211,7 +213,11 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
 
     let sidecar_affine = match file_map.sidecar() {
         Some(mat) if header.flavor() == Flavor::Analyze && mat.exists() => {
-            let bytes = fs::read(&mat).map_err(|e| FormatError::io(&mat, e))?;
+            let mut bytes = Vec::new();
+            reader(&mat, file_map.compressed)?
+                .take(1 << 20)
+                .read_to_end(&mut bytes)
+                .map_err(|e| stream_error(&mat, e))?;
             spm_mat::read_sidecar_affine(&bytes).map_err(|e| FormatError::invalid(&mat, e))?
         }
         _ => None,
@@ -256,10 +262,15 @@ fn parse_extensions(
         let esize = int(&bytes[at..at + 4]);
         let ecode = int(&bytes[at + 4..at + 8]);
         let index = exts.len();
-        if esize < 8 {
+        if esize == 0 && bytes[at..].iter().all(|&b| b == 0) {
+            break; // zero padding before the data, not an extension
+        }
+        if esize < 16 || esize % 16 != 0 {
             return Err(FormatError::invalid(
                 path,
-                format!("extension {index} has esize {esize}; it must be at least 8"),
+                format!(
+                    "extension {index} has esize {esize}; it must be a positive multiple of 16"
+                ),
             ));
         }
         let end = at as u64 + esize as u64;
@@ -478,7 +489,7 @@ pub fn save(path: &Path, image: ImageToSave<'_>) -> Result<(), FormatError> {
                 && affine::max_abs_diff(a, &header.best_affine()) > 1e-6
             {
                 let bytes = spm_mat::write_sidecar(a);
-                stage(&mat, false, &mut staged, |w| w.write_all(&bytes))?;
+                stage(&mat, map.compressed, &mut staged, |w| w.write_all(&bytes))?;
             }
         }
         Ok(())
