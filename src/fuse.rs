@@ -118,6 +118,12 @@ impl Filesystem for ImageFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
         log::info!("FUSE passthrough in use: {enabled}");
+        // Rendered files are read sequentially in bulk: the largest readahead the kernel
+        // allows means fewer, larger read requests.
+        if let Err(max) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(max);
+            log::info!("max_readahead {max}");
+        }
         self.passthrough.store(enabled, Ordering::Relaxed);
         Ok(())
     }

@@ -65,12 +65,22 @@ pub fn spawn(
 
 fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shutdown>) {
     let mut pending: Vec<u8> = Vec::new();
-    let mut fds: VecDeque<OwnedFd> = VecDeque::new();
+    // Bytes of the stream consumed before `pending` starts.
+    let mut consumed: u64 = 0;
+    // Each descriptor with the stream position of the first byte it arrived with: it belongs
+    // to the request line holding that byte, and to no other.
+    let mut fds: VecDeque<(u64, OwnedFd)> = VecDeque::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            let response = respond(&line[..end], catalog, &mut fds);
+            consumed += line.len() as u64;
+            let mut line_fds = VecDeque::new();
+            while fds.front().is_some_and(|(at, _)| *at < consumed) {
+                line_fds.push_back(fds.pop_front().expect("checked").1);
+            }
+            // Descriptors the request did not use are closed with `line_fds` here.
+            let response = respond(&line[..end], catalog, &mut line_fds);
             let mut out = serde_json::to_vec(&response).expect("JSON values serialize");
             out.push(b'\n');
             if fdpass::send_with_fds(&stream, &out, &[]).is_err() {
@@ -90,8 +100,9 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
         match fdpass::recv_with_fds(&stream, &mut buf) {
             Ok((0, _)) | Err(_) => return,
             Ok((n, received)) => {
+                let at = consumed + pending.len() as u64;
+                fds.extend(received.into_iter().map(|fd| (at, fd)));
                 pending.extend_from_slice(&buf[..n]);
-                fds.extend(received);
             }
         }
     }

@@ -184,18 +184,24 @@ impl Rendering {
         // Whole elements around the range, so swaps and conversions see complete numbers.
         let e0 = a / self.out_size;
         let e1 = b.div_ceil(self.out_size);
-        let mut stored = vec![0; ((e1 - e0) * self.in_size) as usize];
-        let order = self.source.read(&mut stored, e0 * self.in_size)?;
+        let stored_len = ((e1 - e0) * self.in_size) as usize;
         let skip = (a - e0 * self.out_size) as usize;
         let take = (b - a) as usize;
         match &self.transform {
             Transform::Copy => {
+                // Read straight into the reply: one copy fewer on the hot path.
+                let start = out.len();
+                out.resize(start + stored_len, 0);
+                let order = self.source.read(&mut out[start..], e0 * self.in_size)?;
                 if order != self.out_order {
-                    swap_in_place(&mut stored, self.swap_unit);
+                    swap_in_place(&mut out[start..], self.swap_unit);
                 }
-                out.extend_from_slice(&stored[skip..skip + take]);
+                out.truncate(start + skip + take);
+                out.drain(start..start + skip);
             }
             Transform::Convert { from, to } => {
+                let mut stored = vec![0; stored_len];
+                let order = self.source.read(&mut stored, e0 * self.in_size)?;
                 let mut converted = Vec::with_capacity(((e1 - e0) * self.out_size) as usize);
                 convert::convert(&stored, order, *from, *to, self.out_order, &mut converted);
                 out.extend_from_slice(&converted[skip..skip + take]);
