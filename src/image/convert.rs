@@ -117,79 +117,90 @@ pub fn target_encoding(
     })
 }
 
+/// Runs `$body` with `$t` naming the Rust number type that stores `$dtype`: complex types as
+/// their parts, RGB as bytes.
+macro_rules! with_number {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => {
+                type $t = u8;
+                $body
+            }
+            DataType::Int8 => {
+                type $t = i8;
+                $body
+            }
+            DataType::Int16 => {
+                type $t = i16;
+                $body
+            }
+            DataType::Uint16 => {
+                type $t = u16;
+                $body
+            }
+            DataType::Int32 => {
+                type $t = i32;
+                $body
+            }
+            DataType::Uint32 => {
+                type $t = u32;
+                $body
+            }
+            DataType::Int64 => {
+                type $t = i64;
+                $body
+            }
+            DataType::Uint64 => {
+                type $t = u64;
+                $body
+            }
+            DataType::Float32 | DataType::Complex64 => {
+                type $t = f32;
+                $body
+            }
+            DataType::Float64 | DataType::Complex128 => {
+                type $t = f64;
+                $body
+            }
+        }
+    };
+}
+
 /// Reads stored numbers (as f64) from bytes in `order`. Complex numbers give two values.
 pub fn decode(dtype: DataType, order: ByteOrder, bytes: &[u8], out: &mut Vec<f64>) {
-    let big = order == ByteOrder::Big;
-    macro_rules! run {
-        ($t:ty, $n:expr) => {{
-            out.clear();
-            out.resize(bytes.len() / $n, 0.0);
-            // Separate loops per byte order keep each one branch-free, so they vectorize.
-            if big {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact($n)) {
-                    *o = <$t>::from_be_bytes(c.try_into().expect("chunk width")) as f64;
-                }
-            } else {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact($n)) {
-                    *o = <$t>::from_le_bytes(c.try_into().expect("chunk width")) as f64;
-                }
-            }
-        }};
-    }
-    match dtype {
-        DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => run!(u8, 1),
-        DataType::Int8 => run!(i8, 1),
-        DataType::Int16 => run!(i16, 2),
-        DataType::Uint16 => run!(u16, 2),
-        DataType::Int32 => run!(i32, 4),
-        DataType::Uint32 => run!(u32, 4),
-        DataType::Int64 => run!(i64, 8),
-        DataType::Uint64 => run!(u64, 8),
-        DataType::Float32 | DataType::Complex64 => run!(f32, 4),
-        DataType::Float64 | DataType::Complex128 => run!(f64, 8),
+    with_number!(dtype, T => decode_as::<T>(order, bytes, out))
+}
+
+fn decode_as<T: Number>(order: ByteOrder, bytes: &[u8], out: &mut Vec<f64>) {
+    let width = std::mem::size_of::<T>();
+    out.clear();
+    out.resize(bytes.len() / width, 0.0);
+    let pairs = out.iter_mut().zip(bytes.chunks_exact(width));
+    // One loop per byte order keeps each branch-free, so they vectorize.
+    if order == ByteOrder::native() {
+        pairs.for_each(|(o, c)| *o = T::load(c));
+    } else {
+        pairs.for_each(|(o, c)| *o = T::load_swapped(c));
     }
 }
 
 /// Writes values as `dtype` in `order`, rounding and clipping to an integer type's range;
 /// NaN becomes 0, as nibabel's `nan2zero` does (callers rescale NaN to the stored zero first).
 pub fn encode(dtype: DataType, order: ByteOrder, values: &[f64], out: &mut Vec<u8>) {
-    let swap = order != ByteOrder::native();
-    macro_rules! run {
-        ($t:ty) => {{
-            let typed: Vec<$t> = if dtype.is_integer() {
-                let (lo, hi) = dtype.integer_range().expect("integer type");
-                // `as` saturates and maps NaN to 0; the clamp only spares the rounding.
-                values
-                    .iter()
-                    .map(|&v| round_half_even(v.clamp(lo, hi)) as $t)
-                    .collect()
-            } else {
-                values.iter().map(|&v| v as $t).collect()
-            };
-            let width = std::mem::size_of::<$t>();
-            // SAFETY: a slice of plain numbers viewed as its bytes: same memory, u8 alignment,
-            // every byte initialized.
-            let bytes = unsafe {
-                std::slice::from_raw_parts(typed.as_ptr().cast::<u8>(), typed.len() * width)
-            };
-            out.clear();
-            out.extend_from_slice(bytes);
-            if swap {
-                super::data::swap_in_place(out, width);
-            }
-        }};
+    let range = dtype.integer_range();
+    with_number!(dtype, T => encode_as::<T>(range, values, out));
+    if order != ByteOrder::native() {
+        super::data::swap_in_place(out, dtype.swap_width());
     }
-    match dtype {
-        DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => run!(u8),
-        DataType::Int8 => run!(i8),
-        DataType::Int16 => run!(i16),
-        DataType::Uint16 => run!(u16),
-        DataType::Int32 => run!(i32),
-        DataType::Uint32 => run!(u32),
-        DataType::Int64 => run!(i64),
-        DataType::Uint64 => run!(u64),
-        DataType::Float32 | DataType::Complex64 => run!(f32),
-        DataType::Float64 | DataType::Complex128 => run!(f64),
+}
+
+fn encode_as<T: Number>(range: Option<(f64, f64)>, values: &[f64], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(values.len() * std::mem::size_of::<T>(), 0);
+    let pairs = out.chunks_exact_mut(std::mem::size_of::<T>()).zip(values);
+    match range {
+        Some((lo, hi)) => pairs.for_each(|(c, &v)| T::store(round_half_even(v.clamp(lo, hi)), c)),
+        None => pairs.for_each(|(c, &v)| T::store(v, c)),
     }
 }
 
@@ -208,44 +219,29 @@ fn round_half_even(v: f64) -> f64 {
 
 /// The finite range of stored numbers, read straight from bytes (no value buffer).
 pub fn stored_range(dtype: DataType, order: ByteOrder, bytes: &[u8]) -> ValueRange {
-    let big = order == ByteOrder::Big;
-    macro_rules! run {
-        ($t:ty, $n:expr) => {{
-            let (mut lo, mut hi) = (<$t>::MAX, <$t>::MIN);
-            let mut any = false;
-            for c in bytes.chunks_exact($n) {
-                let raw = c.try_into().expect("chunk width");
-                let v = if big {
-                    <$t>::from_be_bytes(raw)
-                } else {
-                    <$t>::from_le_bytes(raw)
-                };
-                #[allow(clippy::unnecessary_cast)]
-                let finite = (v as f64).is_finite();
-                if finite {
-                    lo = if v < lo { v } else { lo };
-                    hi = if v > hi { v } else { hi };
-                    any = true;
-                }
-            }
-            ValueRange {
-                min: lo as f64,
-                max: hi as f64,
-                any_finite: any,
-            }
-        }};
+    let swapped = order != ByteOrder::native();
+    with_number!(dtype, T => range_as::<T>(swapped, bytes))
+}
+
+fn range_as<T: Number>(swapped: bool, bytes: &[u8]) -> ValueRange {
+    let (mut lo, mut hi) = (T::HIGHEST, T::LOWEST);
+    let mut any = false;
+    for c in bytes.chunks_exact(std::mem::size_of::<T>()) {
+        let v = if swapped {
+            T::read_swapped(c)
+        } else {
+            T::read(c)
+        };
+        if v.is_finite_number() {
+            lo = if v < lo { v } else { lo };
+            hi = if v > hi { v } else { hi };
+            any = true;
+        }
     }
-    match dtype {
-        DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => run!(u8, 1),
-        DataType::Int8 => run!(i8, 1),
-        DataType::Int16 => run!(i16, 2),
-        DataType::Uint16 => run!(u16, 2),
-        DataType::Int32 => run!(i32, 4),
-        DataType::Uint32 => run!(u32, 4),
-        DataType::Int64 => run!(i64, 8),
-        DataType::Uint64 => run!(u64, 8),
-        DataType::Float32 | DataType::Complex64 => run!(f32, 4),
-        DataType::Float64 | DataType::Complex128 => run!(f64, 8),
+    ValueRange {
+        min: lo.to_f64(),
+        max: hi.to_f64(),
+        any_finite: any,
     }
 }
 
@@ -320,8 +316,8 @@ pub fn convert(
         };
         &swapped
     };
-    let numbers = src.len() / from.dtype.swap_width().min(from.dtype.size());
-    let unit_out = to.dtype.swap_width().min(to.dtype.size());
+    let numbers = src.len() / from.dtype.swap_width();
+    let unit_out = to.dtype.swap_width();
     out.clear();
     out.resize(numbers * unit_out, 0);
     // stored_out = (stored_in * s0 + i0 - i1) / s1, folded into one multiply-add.
@@ -337,53 +333,55 @@ pub fn convert(
         },
         range: to.dtype.integer_range(),
     };
-    macro_rules! to_type {
-        ($s:ty) => {
-            match to.dtype {
-                DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => {
-                    plan.run::<$s, u8>(src, out)
-                }
-                DataType::Int8 => plan.run::<$s, i8>(src, out),
-                DataType::Int16 => plan.run::<$s, i16>(src, out),
-                DataType::Uint16 => plan.run::<$s, u16>(src, out),
-                DataType::Int32 => plan.run::<$s, i32>(src, out),
-                DataType::Uint32 => plan.run::<$s, u32>(src, out),
-                DataType::Int64 => plan.run::<$s, i64>(src, out),
-                DataType::Uint64 => plan.run::<$s, u64>(src, out),
-                DataType::Float32 | DataType::Complex64 => plan.run::<$s, f32>(src, out),
-                DataType::Float64 | DataType::Complex128 => plan.run::<$s, f64>(src, out),
-            }
-        };
-    }
-    match from.dtype {
-        DataType::Uint8 | DataType::Rgb24 | DataType::Rgba32 => to_type!(u8),
-        DataType::Int8 => to_type!(i8),
-        DataType::Int16 => to_type!(i16),
-        DataType::Uint16 => to_type!(u16),
-        DataType::Int32 => to_type!(i32),
-        DataType::Uint32 => to_type!(u32),
-        DataType::Int64 => to_type!(i64),
-        DataType::Uint64 => to_type!(u64),
-        DataType::Float32 | DataType::Complex64 => to_type!(f32),
-        DataType::Float64 | DataType::Complex128 => to_type!(f64),
-    }
+    with_number!(from.dtype, S => with_number!(to.dtype, D => plan.run::<S, D>(src, out)));
     if dst_order != native {
         super::data::swap_in_place(out, to.dtype.swap_width());
     }
 }
 
-/// A number type as stored in native byte order.
-trait Number: Copy {
-    fn load(bytes: &[u8]) -> f64;
+/// A number type as stored in a file.
+trait Number: Copy + PartialOrd {
+    const LOWEST: Self;
+    const HIGHEST: Self;
+    fn read(bytes: &[u8]) -> Self;
+    fn read_swapped(bytes: &[u8]) -> Self;
+    fn to_f64(self) -> f64;
+    fn is_finite_number(self) -> bool;
     fn store(value: f64, bytes: &mut [u8]);
+
+    #[inline(always)]
+    fn load(bytes: &[u8]) -> f64 {
+        Self::read(bytes).to_f64()
+    }
+
+    #[inline(always)]
+    fn load_swapped(bytes: &[u8]) -> f64 {
+        Self::read_swapped(bytes).to_f64()
+    }
 }
 
 macro_rules! number {
     ($($t:ty),*) => {$(
         impl Number for $t {
+            const LOWEST: Self = <$t>::MIN;
+            const HIGHEST: Self = <$t>::MAX;
             #[inline(always)]
-            fn load(bytes: &[u8]) -> f64 {
-                <$t>::from_ne_bytes(bytes.try_into().expect("width")) as f64
+            fn read(bytes: &[u8]) -> Self {
+                <$t>::from_ne_bytes(bytes.try_into().expect("width"))
+            }
+            #[inline(always)]
+            fn read_swapped(bytes: &[u8]) -> Self {
+                let mut raw: [u8; std::mem::size_of::<$t>()] = bytes.try_into().expect("width");
+                raw.reverse();
+                <$t>::from_ne_bytes(raw)
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn is_finite_number(self) -> bool {
+                (self as f64).is_finite()
             }
             #[inline(always)]
             fn store(value: f64, bytes: &mut [u8]) {
