@@ -347,7 +347,21 @@ trait Number: Copy + PartialOrd {
     fn read_swapped(bytes: &[u8]) -> Self;
     fn to_f64(self) -> f64;
     fn is_finite_number(self) -> bool;
-    fn store(value: f64, bytes: &mut [u8]);
+    /// The nearest value of this type (`as`: saturating, NaN to 0).
+    fn from_f64(value: f64) -> Self;
+
+    #[inline(always)]
+    fn store(value: f64, bytes: &mut [u8]) {
+        let x = Self::from_f64(value);
+        // SAFETY: a plain number viewed as its bytes.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&x as *const Self).cast::<u8>(),
+                std::mem::size_of::<Self>(),
+            )
+        };
+        bytes.copy_from_slice(raw);
+    }
 
     #[inline(always)]
     fn load(bytes: &[u8]) -> f64 {
@@ -384,9 +398,8 @@ macro_rules! number {
                 (self as f64).is_finite()
             }
             #[inline(always)]
-            fn store(value: f64, bytes: &mut [u8]) {
-                // `as` saturates to the type's range and maps NaN to 0.
-                bytes.copy_from_slice(&(value as $t).to_ne_bytes());
+            fn from_f64(value: f64) -> Self {
+                value as $t
             }
         }
     )*};
@@ -403,22 +416,50 @@ struct Fused {
 }
 
 impl Fused {
-    fn run<S: Number, D: Number>(&self, src: &[u8], out: &mut [u8]) {
-        let (ws, wd) = (std::mem::size_of::<S>(), std::mem::size_of::<D>());
-        let pairs = src.chunks_exact(ws).zip(out.chunks_exact_mut(wd));
+    #[inline(always)]
+    fn one<S: Number>(&self, s: S) -> f64 {
+        let v = s.to_f64() * self.mul + self.add;
         match self.range {
-            Some((lo, hi)) => {
-                for (s, d) in pairs {
-                    let v = S::load(s) * self.mul + self.add;
-                    let v = if v.is_nan() { self.nan } else { v };
-                    D::store(round_half_even(v.clamp(lo, hi)), d);
-                }
+            Some((lo, hi)) => round_half_even(if v.is_nan() { self.nan } else { v }.clamp(lo, hi)),
+            None => v,
+        }
+    }
+
+    /// Converts `src` into `out`, with AVX2 where the processor has it: the same loop compiled
+    /// for four f64 lanes instead of SSE2's two.
+    fn run<S: Number, D: Number>(&self, src: &[u8], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor supports AVX2, checked just above.
+            return unsafe { self.run_avx2::<S, D>(src, out) };
+        }
+        self.run_portable::<S, D>(src, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2<S: Number, D: Number>(&self, src: &[u8], out: &mut [u8]) {
+        self.run_portable::<S, D>(src, out)
+    }
+
+    #[inline(always)]
+    fn run_portable<S: Number, D: Number>(&self, src: &[u8], out: &mut [u8]) {
+        // SAFETY: plain number types, for which every bit pattern is a value; align_to only
+        // hands out the correctly aligned middle.
+        let (s_pre, s_mid, s_post) = unsafe { src.align_to::<S>() };
+        // SAFETY: as above.
+        let (d_pre, d_mid, d_post) = unsafe { out.align_to_mut::<D>() };
+        let aligned = s_pre.is_empty() && s_post.is_empty() && d_pre.is_empty();
+        if aligned && d_post.is_empty() && s_mid.len() == d_mid.len() {
+            // Typed slices on both sides: the loop the compiler vectorizes.
+            for (d, &s) in d_mid.iter_mut().zip(s_mid) {
+                *d = D::from_f64(self.one(s));
             }
-            None => {
-                for (s, d) in pairs {
-                    D::store(S::load(s) * self.mul + self.add, d);
-                }
-            }
+            return;
+        }
+        let (ws, wd) = (std::mem::size_of::<S>(), std::mem::size_of::<D>());
+        for (s, d) in src.chunks_exact(ws).zip(out.chunks_exact_mut(wd)) {
+            D::store(self.one(S::read(s)), d);
         }
     }
 }

@@ -210,6 +210,50 @@ impl Rendering {
         Ok(())
     }
 
+    /// Whether this version is worth laying out whole in memory when first opened: after a
+    /// datatype change every byte must be computed anyway, and a laid-out file can then be
+    /// served by kernel passthrough instead of a round trip through the daemon per request.
+    /// Header-only edits and in-memory data are streamed: they cost no extra memory that way.
+    pub fn worth_materializing(&self) -> bool {
+        matches!(self.transform, Transform::Convert { .. })
+    }
+
+    /// The whole file in a memfd, filled on two threads.
+    pub fn materialize(&self) -> io::Result<std::fs::File> {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::fs::FileExt;
+        // SAFETY: memfd_create takes a NUL-terminated name and returns a new descriptor or -1.
+        let fd = unsafe { libc::memfd_create(c"imgfs-version".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor that nothing else owns.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(self.size())?;
+        file.write_all_at(&self.prefix, 0)?;
+        let unit = self.out_size;
+        let half = self.data_len / unit / 2 * unit;
+        let fill = |a: u64, b: u64| -> io::Result<()> {
+            let chunk = (4 << 20) / unit * unit;
+            let mut buf = Vec::with_capacity(chunk as usize);
+            let mut at = a;
+            while at < b {
+                let end = (at + chunk).min(b);
+                buf.clear();
+                self.read_data(at, end, &mut buf)?;
+                file.write_all_at(&buf, self.prefix.len() as u64 + at)?;
+                at = end;
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let first = s.spawn(|| fill(0, half));
+            let second = fill(half, self.data_len);
+            first.join().expect("fill thread").and(second)
+        })?;
+        Ok(file)
+    }
+
     /// Writes the data bytes (no header), for saving.
     pub fn write_data_to(&self, w: &mut dyn Write) -> io::Result<()> {
         let chunk = (4 << 20) / self.out_size * self.out_size;
