@@ -20,7 +20,7 @@ from nibabel.analyze import AnalyzeImage
 from nibabel.arrayproxy import ArrayProxy
 
 from ._control import ImgfsError, default_dir, normalize_dir
-from .mount import Mount
+from .mount import Mount, wire_data
 
 
 class _Seen:
@@ -66,29 +66,32 @@ def as_filename(img, mount=None):
 
 def put(img, mount=None, _memo=None):
     """Send `img` (header, affine, extensions, data) to the mount, whatever its state; its
-    summary there."""
+    summary there. Data in an `imgfs.empty`/`zeros`/`asarray` array go without a copy (once:
+    the array turns copy-on-write, so the mount keeps what was sent); others are copied."""
     m = _mount(mount)
     state = _state(img)
     header, affine, extensions, data, retype = _wire_parts(img, {} if _memo is None else _memo)
     name = state.names.get(m.dir)
-    if name is not None:
-        summary = m.put(name, header, affine, data, extensions, replace=True)
-    else:
-        name, summary = _put_new(m, img, header, affine, data, extensions)
-        state.names[m.dir] = name
+    # one memfd for every attempt: frozen once made, so a retry sends the same snapshot
+    with wire_data(data) as wire:
+        if name is not None:
+            summary = m.put_wire(name, header, affine, wire, extensions, replace=True)
+        else:
+            name, summary = _put_new(m, img, header, affine, wire, extensions)
+            state.names[m.dir] = name
     if retype is not None:
         # the daemon converts with nibabel's scaling rules, as nib.save would
         summary = m.set(name, datatype=retype.name)
     return summary
 
 
-def _put_new(m, img, header, affine, data, extensions):
+def _put_new(m, img, header, affine, wire, extensions):
     """Insert under a fresh name; names may be taken by other clients, so retry on a clash."""
     stem = _stem(img)
     for _ in range(1000):
         name = f"{stem}-{next(_counter)}"
         try:
-            return name, m.put(name, header, affine, data, extensions, replace=False)
+            return name, m.put_wire(name, header, affine, wire, extensions, replace=False)
         except ImgfsError as e:
             if "exists already" not in str(e):
                 raise
