@@ -7,10 +7,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
@@ -113,49 +112,11 @@ pub struct Version {
     pub size: u64,
     pub mtime: SystemTime,
     pub body: Body,
-    /// The rendered file laid out in a memfd, made on first open when worth it.
-    laid_out: OnceLock<Result<Arc<File>, String>>,
-}
-
-/// The file a passthrough open hands to the kernel.
-#[derive(Debug, Clone)]
-pub enum Backing {
-    Original(Arc<FileSource>),
-    LaidOut(Arc<File>),
-}
-
-impl Backing {
-    pub fn file(&self) -> &File {
-        match self {
-            Backing::Original(source) => &source.file,
-            Backing::LaidOut(file) => file,
-        }
-    }
 }
 
 impl Version {
     pub fn is_passthrough(&self) -> bool {
         matches!(self.body, Body::Original(_))
-    }
-
-    /// The version laid out in a memfd, if it is worth it; made once.
-    fn laid_out(&self) -> Option<Arc<File>> {
-        let Body::Rendered(r) = &self.body else {
-            return None;
-        };
-        if !r.worth_materializing() {
-            return None;
-        }
-        let made = self.laid_out.get_or_init(|| {
-            r.materialize().map(Arc::new).map_err(|e| {
-                log::warn!(
-                    "cannot lay out version {} in memory ({e}); streaming it",
-                    self.ino
-                );
-                e.to_string()
-            })
-        });
-        made.as_ref().ok().cloned()
     }
 
     /// Bytes `[offset, offset + size)` of this version.
@@ -196,7 +157,7 @@ pub struct Attr {
 #[derive(Debug)]
 pub enum Opened {
     /// Hand the kernel this file: reads go to it directly (FUSE passthrough).
-    Passthrough { fh: u64, backing: Backing },
+    Passthrough { fh: u64, source: Arc<FileSource> },
     /// Reads come to [`Catalog::read`].
     Rendered { fh: u64 },
 }
@@ -211,8 +172,6 @@ pub trait Invalidate: Send + Sync {
 pub struct Stats {
     /// Opens of clean originals handed to the kernel.
     pub passthrough_opens: AtomicU64,
-    /// Opens of versions laid out in memory and handed to the kernel.
-    pub laid_out_opens: AtomicU64,
     pub rendered_opens: AtomicU64,
     pub forwarded_reads: AtomicU64,
     pub rendered_reads: AtomicU64,
@@ -301,7 +260,6 @@ impl Catalog {
             size,
             mtime,
             body,
-            laid_out: OnceLock::new(),
         });
         let mut versions = self.versions.lock();
         if versions.len() > 64 && versions.len() > 2 * self.entries.read().len() {
@@ -569,34 +527,21 @@ impl Catalog {
                 self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
                 Opened::Passthrough {
                     fh,
-                    backing: Backing::Original(source.clone()),
+                    source: source.clone(),
                 }
             }
-            _ => match version.laid_out() {
-                Some(file) => {
-                    self.stats.laid_out_opens.fetch_add(1, Ordering::Relaxed);
-                    Opened::Passthrough {
-                        fh,
-                        backing: Backing::LaidOut(file),
-                    }
-                }
-                None => {
-                    self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
-                    Opened::Rendered { fh }
-                }
-            },
+            _ => {
+                self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
+                Opened::Rendered { fh }
+            }
         };
         self.handles.write().insert(fh, version);
         Ok(opened)
     }
 
     /// Called when passthrough could not be set up: reads of this handle come here instead.
-    pub fn passthrough_refused(&self, backing: &Backing) {
-        let counter = match backing {
-            Backing::Original(_) => &self.stats.passthrough_opens,
-            Backing::LaidOut(_) => &self.stats.laid_out_opens,
-        };
-        counter.fetch_sub(1, Ordering::Relaxed);
+    pub fn passthrough_refused(&self) {
+        self.stats.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
         self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
     }
 

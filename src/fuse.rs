@@ -150,9 +150,9 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::EROFS);
         }
         match self.catalog.open(ino.0) {
-            Ok(Opened::Passthrough { fh, backing }) => {
+            Ok(Opened::Passthrough { fh, source }) => {
                 if self.passthrough.load(Ordering::Relaxed) {
-                    match self.open_passthrough(ino.0, fh, backing.file(), &reply) {
+                    match self.open_passthrough(ino.0, fh, &source.file, &reply) {
                         Ok(id) => {
                             return reply.opened_passthrough(
                                 FileHandle(fh),
@@ -166,7 +166,7 @@ impl Filesystem for ImageFs {
                         }
                     }
                 }
-                self.catalog.passthrough_refused(&backing);
+                self.catalog.passthrough_refused();
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             // A version never changes, so the kernel's cached pages stay valid across opens.

@@ -246,7 +246,6 @@ fn handle(
             let s = &catalog.stats;
             json!({
                 "passthrough_opens": s.passthrough_opens.load(Ordering::Relaxed),
-                "laid_out_opens": s.laid_out_opens.load(Ordering::Relaxed),
                 "rendered_opens": s.rendered_opens.load(Ordering::Relaxed),
                 "forwarded_reads": s.forwarded_reads.load(Ordering::Relaxed),
                 "rendered_reads": s.rendered_reads.load(Ordering::Relaxed),

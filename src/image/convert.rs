@@ -220,28 +220,75 @@ fn round_half_even(v: f64) -> f64 {
 /// The finite range of stored numbers, read straight from bytes (no value buffer).
 pub fn stored_range(dtype: DataType, order: ByteOrder, bytes: &[u8]) -> ValueRange {
     let swapped = order != ByteOrder::native();
-    with_number!(dtype, T => range_as::<T>(swapped, bytes))
+    with_number!(dtype, T => range_of::<T>(swapped, bytes))
 }
 
-fn range_as<T: Number>(swapped: bool, bytes: &[u8]) -> ValueRange {
-    let (mut lo, mut hi) = (T::HIGHEST, T::LOWEST);
-    let mut any = false;
-    for c in bytes.chunks_exact(std::mem::size_of::<T>()) {
-        let v = if swapped {
-            T::read_swapped(c)
-        } else {
-            T::read(c)
-        };
-        if v.is_finite_number() {
-            lo = if v < lo { v } else { lo };
-            hi = if v > hi { v } else { hi };
-            any = true;
+fn range_of<T: Number>(swapped: bool, bytes: &[u8]) -> ValueRange {
+    #[cfg(target_arch = "x86_64")]
+    if !swapped && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor supports AVX2, checked just above.
+        return unsafe { range_avx2::<T>(bytes) };
+    }
+    range_portable::<T>(swapped, bytes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn range_avx2<T: Number>(bytes: &[u8]) -> ValueRange {
+    range_portable::<T>(false, bytes)
+}
+
+/// Eight running minima and maxima, so the loop has no dependency from one value to the next
+/// and compiles to vector code; values that are not finite are skipped.
+#[inline(always)]
+fn range_portable<T: Number>(swapped: bool, bytes: &[u8]) -> ValueRange {
+    const LANES: usize = 8;
+    let mut lo = [T::HIGHEST; LANES];
+    let mut hi = [T::LOWEST; LANES];
+    let mut take = |i: usize, v: T| {
+        let finite = v.is_finite_number();
+        lo[i] = if finite && v < lo[i] { v } else { lo[i] };
+        hi[i] = if finite && v > hi[i] { v } else { hi[i] };
+    };
+    // SAFETY: plain number types, for which every bit pattern is a value.
+    let (pre, mid, post) = unsafe { bytes.align_to::<T>() };
+    if swapped || !pre.is_empty() {
+        for c in bytes.chunks_exact(std::mem::size_of::<T>()) {
+            take(
+                0,
+                if swapped {
+                    T::read_swapped(c)
+                } else {
+                    T::read(c)
+                },
+            );
+        }
+    } else {
+        let mut lanes = mid.chunks_exact(LANES);
+        for chunk in &mut lanes {
+            for (i, &v) in chunk.iter().enumerate() {
+                take(i, v);
+            }
+        }
+        for &v in lanes.remainder() {
+            take(0, v);
+        }
+        for c in post.chunks_exact(std::mem::size_of::<T>()) {
+            take(0, T::read(c));
         }
     }
-    ValueRange {
-        min: lo.to_f64(),
-        max: hi.to_f64(),
-        any_finite: any,
+    let pick = |a: T, b: T, smaller: bool| if (a < b) == smaller { a } else { b };
+    let lo = lo.into_iter().fold(T::HIGHEST, |a, b| pick(a, b, true));
+    let hi = hi.into_iter().fold(T::LOWEST, |a, b| pick(a, b, false));
+    // Nothing finite leaves the minimum above the maximum.
+    if lo <= hi {
+        ValueRange {
+            min: lo.to_f64(),
+            max: hi.to_f64(),
+            any_finite: true,
+        }
+    } else {
+        ValueRange::default()
     }
 }
 
@@ -304,9 +351,25 @@ pub fn convert(
     dst_order: ByteOrder,
     out: &mut Vec<u8>,
 ) {
-    let native = ByteOrder::native();
+    let numbers = src.len() / from.dtype.swap_width();
+    out.clear();
+    out.resize(numbers * to.dtype.swap_width(), 0);
+    convert_into(src, src_order, from, to, out);
+    if dst_order != ByteOrder::native() {
+        super::data::swap_in_place(out, to.dtype.swap_width());
+    }
+}
+
+/// Converts whole elements into `dst` (exactly their size), in native byte order.
+pub fn convert_into(
+    src: &[u8],
+    src_order: ByteOrder,
+    from: Encoding,
+    to: Encoding,
+    dst: &mut [u8],
+) {
     let swapped;
-    let src = if src_order == native {
+    let src = if src_order == ByteOrder::native() {
         src
     } else {
         swapped = {
@@ -316,10 +379,6 @@ pub fn convert(
         };
         &swapped
     };
-    let numbers = src.len() / from.dtype.swap_width();
-    let unit_out = to.dtype.swap_width();
-    out.clear();
-    out.resize(numbers * unit_out, 0);
     // stored_out = (stored_in * s0 + i0 - i1) / s1, folded into one multiply-add.
     let (s0, i0) = from.scaling.unwrap_or((1.0, 0.0));
     let (s1, i1) = to.scaling.unwrap_or((1.0, 0.0));
@@ -333,10 +392,7 @@ pub fn convert(
         },
         range: to.dtype.integer_range(),
     };
-    with_number!(from.dtype, S => with_number!(to.dtype, D => plan.run::<S, D>(src, out)));
-    if dst_order != native {
-        super::data::swap_in_place(out, to.dtype.swap_width());
-    }
+    with_number!(from.dtype, S => with_number!(to.dtype, D => plan.run::<S, D>(src, dst)));
 }
 
 /// A number type as stored in a file.
@@ -394,7 +450,9 @@ macro_rules! number {
                 self as f64
             }
             #[inline(always)]
+            #[allow(clippy::unnecessary_cast)]
             fn is_finite_number(self) -> bool {
+                // Integers are always finite; for floats this compiles to one comparison.
                 (self as f64).is_finite()
             }
             #[inline(always)]
@@ -572,6 +630,36 @@ mod tests {
                     || (a.is_infinite() && b.is_infinite()), "{} vs {}", a, b);
             }
         }
+    }
+
+    #[test]
+    fn the_stored_range_skips_values_that_are_not_finite() {
+        let values = [f32::NAN, 3.0, -2.5, f32::INFINITY, 7.25, f32::NEG_INFINITY];
+        for order in [ByteOrder::Little, ByteOrder::Big] {
+            let bytes: Vec<u8> = values
+                .iter()
+                .cycle()
+                .take(61)
+                .flat_map(|v| match order {
+                    ByteOrder::Little => v.to_le_bytes(),
+                    ByteOrder::Big => v.to_be_bytes(),
+                })
+                .collect();
+            let r = stored_range(DataType::Float32, order, &bytes);
+            assert_eq!((r.min, r.max, r.any_finite), (-2.5, 7.25, true));
+        }
+        let none = stored_range(
+            DataType::Float64,
+            ByteOrder::native(),
+            &f64::NAN.to_ne_bytes(),
+        );
+        assert!(!none.any_finite);
+        let ints: Vec<u8> = [5i16, -300, 12]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let r = stored_range(DataType::Int16, ByteOrder::native(), &ints);
+        assert_eq!((r.min, r.max), (-300.0, 12.0));
     }
 
     #[test]

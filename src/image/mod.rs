@@ -82,8 +82,9 @@ pub struct Image {
     header: Header,
     extensions: Vec<Extension>,
     affine: Affine,
-    /// The stored array and how its numbers map to values.
-    encoding: Encoding,
+    /// The data type of the stored numbers; always the header's, since a datatype change
+    /// converts the data at once.
+    dtype: DataType,
     shape: Vec<u64>,
     store: Store,
     /// The uncompressed original's data file, open since load: what a clean image is served
@@ -141,17 +142,13 @@ impl Image {
         }
         let header = loaded.header.clone();
         let affine = loaded.affine();
-        let encoding = Encoding {
-            dtype: loaded.dtype,
-            scaling: header.slope_inter(),
-        };
         Ok(Image {
             baseline: Baseline::of(&header, &affine, &loaded.extensions),
             extensions: loaded.extensions.clone(),
             shape: loaded.shape.clone(),
             header,
             affine,
-            encoding,
+            dtype: loaded.dtype,
             original_data: match &store {
                 Store::File(source) => Some(source.clone()),
                 _ => None,
@@ -180,17 +177,13 @@ impl Image {
             let code = header.sform_code().max(1);
             header.set_sform(&affine, code);
         }
-        let encoding = Encoding {
-            dtype: data.dtype(),
-            scaling: header.slope_inter(),
-        };
         Ok(Image {
             baseline: Baseline::of(&header, &affine, &extensions),
             shape: data.shape().to_vec(),
             header,
             extensions,
             affine,
-            encoding,
+            dtype: data.dtype(),
             store: Store::Memory(Arc::new(data)),
             original_data: None,
             loaded: None,
@@ -223,28 +216,13 @@ impl Image {
         self.origin.as_ref()
     }
 
-    /// The stored array's encoding (which differs from the header's after a datatype change,
-    /// until the data are rendered).
-    pub fn stored_encoding(&self) -> Encoding {
-        if self.header.datatype().ok() == Some(self.encoding.dtype) {
-            Encoding {
-                dtype: self.encoding.dtype,
-                scaling: self.header.slope_inter(),
-            }
-        } else {
-            self.encoding
-        }
-    }
-
-    /// The encoding a reader sees: what the header says.
-    pub fn header_encoding(&self) -> Result<Encoding, ImageError> {
-        Ok(Encoding {
-            dtype: self
-                .header
-                .datatype()
-                .map_err(|e| ImageError::Refused(e.to_string()))?,
+    /// How the stored numbers map to the values a reader sees: the data type and the header's
+    /// scaling.
+    pub fn encoding(&self) -> Encoding {
+        Encoding {
+            dtype: self.dtype,
             scaling: self.header.slope_inter(),
-        })
+        }
     }
 
     /// The original file as loaded, for reading data that are not yet in memory.
@@ -323,12 +301,13 @@ impl Image {
         let saved = (
             self.header.clone(),
             self.affine,
-            self.encoding,
+            self.dtype,
             self.shape.clone(),
+            self.store.clone(),
         );
         for (name, value) in edits {
             if let Err(e) = self.set_field(name, value) {
-                (self.header, self.affine, self.encoding, self.shape) = saved;
+                (self.header, self.affine, self.dtype, self.shape, self.store) = saved;
                 return Err(e);
             }
         }
@@ -358,14 +337,15 @@ impl Image {
         Ok(())
     }
 
-    /// nibabel's `set_data_dtype`: the header takes the new type and the scaling nibabel's
-    /// writer would choose; the stored array is converted when rendered or saved.
+    /// nibabel's `set_data_dtype`, applied as nibabel's save would: the data are converted at
+    /// once (on two threads) with the scaling nibabel's array writer would choose, and the
+    /// header takes the new type and scaling. The values a reader sees stay the same, up to
+    /// the new type's precision.
     pub fn set_data_dtype(&mut self, dtype: DataType) -> Result<(), ImageError> {
-        let current = self.header_encoding()?;
-        if current.dtype == dtype {
+        let from = self.encoding();
+        if from.dtype == dtype {
             return Ok(());
         }
-        let from = self.stored_encoding();
         let range = if convert::needs_range(from, dtype) {
             Some(self.value_range()?)
         } else {
@@ -373,17 +353,61 @@ impl Image {
         };
         let store_f32 = self.header.flavor() != Flavor::Nifti2;
         let target = convert::target_encoding(from, dtype, range, store_f32)?;
-        self.encoding = from;
+        let converted = self.converted(from, target)?;
+        self.store = Store::Memory(Arc::new(converted));
+        self.dtype = dtype;
         self.header.set_datatype(dtype);
         self.header.set_slope_inter(target.scaling);
         self.touch();
         Ok(())
     }
 
+    /// The stored data converted to `to`, in memory, native byte order.
+    fn converted(&mut self, from: Encoding, to: Encoding) -> Result<VoxelBuffer, ImageError> {
+        let mut out = VoxelBuffer::zeros(to.dtype, &self.shape);
+        let (in_unit, out_unit) = (from.dtype.size(), to.dtype.size());
+        let voxels = out.bytes().len() / out_unit;
+        if let Store::Unloaded = self.store {
+            self.data()?;
+        }
+        let store = self.store.clone();
+        let half = voxels / 2;
+        let (first, second) = out.bytes_mut().split_at_mut(half * out_unit);
+        let convert_part = |dst: &mut [u8], first_voxel: usize| -> std::io::Result<()> {
+            let chunk_voxels = (4 << 20) / in_unit;
+            let mut buf = Vec::new();
+            for (i, dst) in dst.chunks_mut(chunk_voxels * out_unit).enumerate() {
+                let n = dst.len() / out_unit;
+                let at = ((first_voxel + i * chunk_voxels) * in_unit) as u64;
+                let (src, order): (&[u8], format::ByteOrder) = match &store {
+                    Store::File(source) => {
+                        buf.resize(n * in_unit, 0);
+                        source.read_exact_at(&mut buf, at)?;
+                        (&buf, source.order)
+                    }
+                    Store::Memory(data) => (
+                        &data.bytes()[at as usize..at as usize + n * in_unit],
+                        format::ByteOrder::native(),
+                    ),
+                    Store::Unloaded => unreachable!("loaded above"),
+                };
+                convert::convert_into(src, order, from, to, dst);
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let other = s.spawn(|| convert_part(second, half));
+            let mine = convert_part(first, 0);
+            other.join().expect("conversion thread").and(mine)
+        })
+        .map_err(|e| self.data_error(e.to_string()))?;
+        Ok(out)
+    }
+
     /// The finite range of the values, in one pass over the stored data (not loading them),
     /// split over two threads.
     fn value_range(&mut self) -> Result<ValueRange, ImageError> {
-        let from = self.stored_encoding();
+        let from = self.encoding();
         if from.dtype.is_complex() {
             // Refused later by target_encoding; no need to read anything.
             return Ok(ValueRange::default());
@@ -418,7 +442,7 @@ impl Image {
         mut visit: impl FnMut(&[u8], format::ByteOrder),
     ) -> Result<(), ImageError> {
         if let Store::File(source) = &self.store {
-            let chunk = (4 << 20) / self.encoding.dtype.size() * self.encoding.dtype.size();
+            let chunk = (4 << 20) / self.dtype.size() * self.dtype.size();
             let mut buf = vec![0; chunk];
             let mut at = 0;
             while at < source.len {
@@ -469,7 +493,7 @@ impl Image {
 
     /// The values a reader sees (nibabel's `get_fdata()`), in file order.
     pub fn fdata(&mut self) -> Result<Vec<f64>, ImageError> {
-        let from = self.stored_encoding();
+        let from = self.encoding();
         let mut out = Vec::new();
         let mut values = Vec::new();
         self.for_each_chunk(|bytes, order| {
@@ -488,7 +512,7 @@ impl Image {
     }
 
     fn read_stored(&self) -> Result<VoxelBuffer, ImageError> {
-        let dtype = self.encoding.dtype;
+        let dtype = self.dtype;
         match &self.store {
             Store::Memory(buffer) => Ok((**buffer).clone()),
             Store::File(source) => {

@@ -10,7 +10,6 @@ use std::sync::{Arc, OnceLock};
 
 use crate::format::io::{LoadedFile, single_file_prefix};
 use crate::format::{ByteOrder, Flavor};
-use crate::image::convert::{self, Encoding};
 use crate::image::data::swap_in_place;
 use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
 
@@ -84,23 +83,13 @@ fn decompress(
     )))
 }
 
-/// How stored bytes become output bytes.
-#[derive(Debug)]
-enum Transform {
-    /// The same type: copied, swapped when the byte orders differ.
-    Copy,
-    /// A datatype change: decoded, rescaled and encoded per element.
-    Convert { from: Encoding, to: Encoding },
-}
-
 /// One image version as a single-file NIfTI.
 #[derive(Debug)]
 pub struct Rendering {
     prefix: Vec<u8>,
     source: Source,
-    transform: Transform,
-    in_size: u64,
-    out_size: u64,
+    /// Bytes per voxel.
+    unit: u64,
     /// The width of the units a byte-order swap reverses (a complex number's parts).
     swap_unit: usize,
     out_order: ByteOrder,
@@ -120,8 +109,7 @@ impl Rendering {
     pub fn of(image: &Image) -> Result<Rendering, String> {
         let header = image.header_as(served_flavor(image));
         let prefix = single_file_prefix(&header, image.extensions());
-        let to = image.header_encoding().map_err(|e| e.to_string())?;
-        let from = image.stored_encoding();
+        let dtype = image.encoding().dtype;
         let voxels: u64 = image.shape().iter().product();
         let source = match image.store() {
             Store::File(file) => Source::File(file.clone()),
@@ -133,20 +121,13 @@ impl Rendering {
                 cell: OnceLock::new(),
             },
         };
-        let transform = if from.dtype == to.dtype {
-            Transform::Copy
-        } else {
-            Transform::Convert { from, to }
-        };
         Ok(Rendering {
             prefix,
             source,
-            transform,
-            in_size: from.dtype.size() as u64,
-            swap_unit: from.dtype.swap_width(),
-            out_size: to.dtype.size() as u64,
+            unit: dtype.size() as u64,
+            swap_unit: dtype.swap_width(),
             out_order: header.order(),
-            data_len: voxels * to.dtype.size() as u64,
+            data_len: voxels * dtype.size() as u64,
         })
     }
 
@@ -181,82 +162,25 @@ impl Rendering {
 
     /// Appends data bytes `[a, b)` to `out`.
     fn read_data(&self, a: u64, b: u64, out: &mut Vec<u8>) -> io::Result<()> {
-        // Whole elements around the range, so swaps and conversions see complete numbers.
-        let e0 = a / self.out_size;
-        let e1 = b.div_ceil(self.out_size);
-        let stored_len = ((e1 - e0) * self.in_size) as usize;
-        let skip = (a - e0 * self.out_size) as usize;
-        let take = (b - a) as usize;
-        match &self.transform {
-            Transform::Copy => {
-                // Read straight into the reply: one copy fewer on the hot path.
-                let start = out.len();
-                out.resize(start + stored_len, 0);
-                let order = self.source.read(&mut out[start..], e0 * self.in_size)?;
-                if order != self.out_order {
-                    swap_in_place(&mut out[start..], self.swap_unit);
-                }
-                out.truncate(start + skip + take);
-                out.drain(start..start + skip);
-            }
-            Transform::Convert { from, to } => {
-                let mut stored = vec![0; stored_len];
-                let order = self.source.read(&mut stored, e0 * self.in_size)?;
-                let mut converted = Vec::with_capacity(((e1 - e0) * self.out_size) as usize);
-                convert::convert(&stored, order, *from, *to, self.out_order, &mut converted);
-                out.extend_from_slice(&converted[skip..skip + take]);
-            }
+        // Whole elements around the range, so that a byte-order swap sees complete numbers;
+        // read straight into the reply, with no copy in between.
+        let e0 = a / self.unit;
+        let e1 = b.div_ceil(self.unit);
+        let skip = (a - e0 * self.unit) as usize;
+        let start = out.len();
+        out.resize(start + ((e1 - e0) * self.unit) as usize, 0);
+        let order = self.source.read(&mut out[start..], e0 * self.unit)?;
+        if order != self.out_order {
+            swap_in_place(&mut out[start..], self.swap_unit);
         }
+        out.truncate(start + skip + (b - a) as usize);
+        out.drain(start..start + skip);
         Ok(())
-    }
-
-    /// Whether this version is worth laying out whole in memory when first opened: after a
-    /// datatype change every byte must be computed anyway, and a laid-out file can then be
-    /// served by kernel passthrough instead of a round trip through the daemon per request.
-    /// Header-only edits and in-memory data are streamed: they cost no extra memory that way.
-    pub fn worth_materializing(&self) -> bool {
-        matches!(self.transform, Transform::Convert { .. })
-    }
-
-    /// The whole file in a memfd, filled on two threads.
-    pub fn materialize(&self) -> io::Result<std::fs::File> {
-        use std::os::fd::FromRawFd;
-        use std::os::unix::fs::FileExt;
-        // SAFETY: memfd_create takes a NUL-terminated name and returns a new descriptor or -1.
-        let fd = unsafe { libc::memfd_create(c"imgfs-version".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.set_len(self.size())?;
-        file.write_all_at(&self.prefix, 0)?;
-        let unit = self.out_size;
-        let half = self.data_len / unit / 2 * unit;
-        let fill = |a: u64, b: u64| -> io::Result<()> {
-            let chunk = (4 << 20) / unit * unit;
-            let mut buf = Vec::with_capacity(chunk as usize);
-            let mut at = a;
-            while at < b {
-                let end = (at + chunk).min(b);
-                buf.clear();
-                self.read_data(at, end, &mut buf)?;
-                file.write_all_at(&buf, self.prefix.len() as u64 + at)?;
-                at = end;
-            }
-            Ok(())
-        };
-        std::thread::scope(|s| {
-            let first = s.spawn(|| fill(0, half));
-            let second = fill(half, self.data_len);
-            first.join().expect("fill thread").and(second)
-        })?;
-        Ok(file)
     }
 
     /// Writes the data bytes (no header), for saving.
     pub fn write_data_to(&self, w: &mut dyn Write) -> io::Result<()> {
-        let chunk = (4 << 20) / self.out_size * self.out_size;
+        let chunk = (4 << 20) / self.unit * self.unit;
         let mut out = Vec::with_capacity(chunk as usize);
         let mut at = 0;
         while at < self.data_len {
