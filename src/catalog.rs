@@ -204,6 +204,7 @@ pub struct Catalog {
     entries: RwLock<BTreeMap<String, Arc<Mutex<Entry>>>>,
     versions: Mutex<HashMap<u64, Weak<Version>>>,
     handles: RwLock<HashMap<u64, Arc<Version>>>,
+    listings: Mutex<HashMap<u64, Arc<Vec<(String, Attr)>>>>,
     next_ino: AtomicU64,
     next_fh: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
@@ -217,6 +218,7 @@ impl Catalog {
             entries: RwLock::new(BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
             handles: RwLock::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             next_fh: AtomicU64::new(1),
             invalidate: RwLock::new(None),
@@ -500,18 +502,34 @@ impl Catalog {
             .ok_or(FsError::NotFound)
     }
 
-    /// The directory listing: each image's file and its current inode.
-    pub fn readdir(&self) -> Vec<(u64, String)> {
+    /// Opens the directory: a snapshot of the listing (`.`, `..`, then each image's file with
+    /// its current version's attributes), which the reads of this handle page through.
+    pub fn opendir(&self) -> u64 {
+        let root = self.getattr(ROOT_INO).expect("the root always exists");
         let entries: Vec<(String, Arc<Mutex<Entry>>)> = self
             .entries
             .read()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        entries
-            .into_iter()
-            .map(|(name, entry)| (entry.lock().version.ino, format!("{name}{SUFFIX}")))
-            .collect()
+        let mut listing = vec![(".".to_string(), root), ("..".to_string(), root)];
+        listing.extend(
+            entries
+                .into_iter()
+                .map(|(name, entry)| (format!("{name}{SUFFIX}"), attr_of(&entry.lock().version))),
+        );
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.listings.lock().insert(fh, Arc::new(listing));
+        fh
+    }
+
+    /// The listing of an open directory handle.
+    pub fn listing(&self, fh: u64) -> Result<Arc<Vec<(String, Attr)>>, FsError> {
+        self.listings.lock().get(&fh).cloned().ok_or(FsError::Stale)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.listings.lock().remove(&fh);
     }
 
     pub fn open(&self, ino: u64) -> Result<Opened, FsError> {

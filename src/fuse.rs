@@ -12,7 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session, SessionACL,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
+    SessionACL,
 };
 use parking_lot::Mutex;
 
@@ -118,6 +119,9 @@ impl Filesystem for ImageFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
         log::info!("FUSE passthrough in use: {enabled}");
+        // `ls -l` of a large mount: attributes come with the listing, not one lookup per file.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         // Rendered files are read sequentially in bulk: the largest readahead the kernel
         // allows means fewer, larger read requests.
         if let Err(max) = config.set_max_readahead(u32::MAX) {
@@ -212,32 +216,71 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
-        let mut entries = vec![
-            (ROOT_INO, FileType::Directory, ".".to_string()),
-            (ROOT_INO, FileType::Directory, "..".to_string()),
-        ];
-        entries.extend(
-            self.catalog
-                .readdir()
-                .into_iter()
-                .map(|(ino, name)| (ino, FileType::RegularFile, name)),
-        );
-        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+        reply.opened(FileHandle(self.catalog.opendir()), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listing = match self.catalog.listing(fh.0) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, (name, attr)) in listing.iter().enumerate().skip(offset as usize) {
+            let kind = self.file_attr(attr).kind;
+            if reply.add(INodeNo(attr.ino), (i + 1) as u64, kind, name) {
                 break;
             }
         }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let listing = match self.catalog.listing(fh.0) {
+            Ok(listing) => listing,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (i, (name, attr)) in listing.iter().enumerate().skip(offset as usize) {
+            let attr = self.file_attr(attr);
+            if reply.add(
+                attr.ino,
+                (i + 1) as u64,
+                name,
+                &TTL,
+                &attr,
+                fuser::Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.catalog.releasedir(fh.0);
         reply.ok();
     }
 }
