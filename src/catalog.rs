@@ -144,6 +144,9 @@ impl Version {
     }
 }
 
+/// A directory listing: file names with their attributes.
+pub type Listing = Vec<(String, Attr)>;
+
 /// A file's attributes, as the kernel needs them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attr {
@@ -204,7 +207,7 @@ pub struct Catalog {
     entries: RwLock<BTreeMap<String, Arc<Mutex<Entry>>>>,
     versions: Mutex<HashMap<u64, Weak<Version>>>,
     handles: RwLock<HashMap<u64, Arc<Version>>>,
-    listings: Mutex<HashMap<u64, Arc<Vec<(String, Attr)>>>>,
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_ino: AtomicU64,
     next_fh: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
@@ -524,7 +527,7 @@ impl Catalog {
     }
 
     /// The listing of an open directory handle.
-    pub fn listing(&self, fh: u64) -> Result<Arc<Vec<(String, Attr)>>, FsError> {
+    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>, FsError> {
         self.listings.lock().get(&fh).cloned().ok_or(FsError::Stale)
     }
 
