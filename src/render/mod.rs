@@ -2,8 +2,10 @@
 //!
 //! A [`Rendering`] is an immutable snapshot of one image version. The header and extensions are
 //! computed once (a few KiB); the data bytes are produced per request from wherever the data
-//! are: streamed from the original file after a header-only edit, copied from memory, converted
-//! element by element after a datatype change. Nothing is written to disk.
+//! are: streamed from the original file after a header-only edit, decompressed once from a
+//! `.gz` original, or copied from memory (data written, converted by a datatype change, or
+//! handed over by another process), swapped into the header's byte order when needed.
+//! Nothing is written to disk.
 
 use std::io::{self, Write};
 use std::sync::{Arc, OnceLock};
