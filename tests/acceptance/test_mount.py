@@ -328,3 +328,44 @@ def test_the_mount_is_private_with_a_private_control_socket(mnt):
     for s in sockets:
         assert S_IMODE(os.stat(s).st_mode) == 0o600
         assert S_IMODE(os.stat(os.path.dirname(s)).st_mode) == 0o700
+
+
+def _as_nobody(*argv):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user can enter (pytest's own tmp dirs are private to root)."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="imgfs-acl-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_only_the_mounting_user_can_read_the_mount_unless_allow_other(public_dir):
+    src = os.path.join(public_dir, "shared.nii")
+    shutil.copyfile(os.path.join(helpers.NIB_DATA, "functional.nii"), src)
+    os.chmod(src, 0o644)
+    # The original itself is readable by anyone: only the mount's access rule can refuse.
+    assert _as_nobody("wc", "-c", src).returncode == 0
+    private = start_mount(os.path.join(public_dir, "private"))
+    try:
+        ok(private("add", f"x={src}"))
+        denied = _as_nobody("wc", "-c", private.file("x"))
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, describe(denied)
+    finally:
+        imgfs("unmount", private.path)
+
+    proc = imgfs("mount", os.path.join(public_dir, "open"), "--allow-other")
+    assert proc.returncode == 0, describe(proc)
+    shared = MountedDir(os.path.join(public_dir, "open"))
+    try:
+        ok(shared("add", f"x={src}"))
+        allowed = _as_nobody("wc", "-c", shared.file("x"))
+        assert allowed.returncode == 0, describe(allowed)
+        assert int(allowed.stdout.split()[0]) == os.path.getsize(src)
+    finally:
+        imgfs("unmount", shared.path)
