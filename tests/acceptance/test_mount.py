@@ -369,3 +369,36 @@ def test_only_the_mounting_user_can_read_the_mount_unless_allow_other(public_dir
         assert int(allowed.stdout.split()[0]) == os.path.getsize(src)
     finally:
         imgfs("unmount", shared.path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".hdr"])
+def test_save_writes_the_edited_image_to_disk(mnt, tmp_path, suffix):
+    src = os.path.join(helpers.NIB_DATA, "example4d.nii.gz")
+    ok(mnt("add", f"tosave{suffix.replace('.', '_')}={src}"))
+    name = f"tosave{suffix.replace('.', '_')}"
+    ok(mnt("set", name, "descrip=saved by imgfs", "datatype=float32"))
+    out = str(tmp_path / f"out{suffix}")
+    ok(mnt("save", name, out))
+    saved, orig = nib.load(out), nib.load(src)
+    assert saved.header["descrip"] == b"saved by imgfs"
+    assert saved.get_data_dtype() == np.float32
+    assert np.array_equal(saved.get_fdata(), orig.get_fdata())
+    np.testing.assert_allclose(saved.affine, orig.affine, atol=1e-5)
+    # The edited image and the file it was saved to are the same NIfTI, byte for byte.
+    if suffix == ".nii":
+        with open(out, "rb") as a, open(mnt.file(name), "rb") as b:
+            assert a.read() == b.read()
+
+
+def test_show_and_rm(mnt):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    ok(mnt("add", f"shown={src}"))
+    shown = json.loads(ok(mnt("show", "shown")).stdout)
+    assert shown["header"]["descrip"] == "spm - 3D normalized"
+    assert shown["shape"] == [33, 41, 25]
+    assert len(shown["affine"]) == 4
+    ok(mnt("rm", "shown"))
+    assert "shown" not in mnt.ls()
+    assert not os.path.exists(mnt.file("shown"))
+    proc = mnt("rm", "shown")
+    assert proc.returncode == 1 and "no image named 'shown'" in proc.stderr
