@@ -402,3 +402,18 @@ def test_show_and_rm(mnt):
     assert not os.path.exists(mnt.file("shown"))
     proc = mnt("rm", "shown")
     assert proc.returncode == 1 and "no image named 'shown'" in proc.stderr
+
+
+def test_the_readme_demo_runs_the_main_job():
+    """The README's first command: mount, load a sample, edit its header, read it with real
+    readers through the mount, unmount."""
+    proc = helpers.run(["bash", os.path.join(helpers.REPO, "scripts", "demo")], timeout=1800)
+    assert proc.returncode == 0, describe(proc)
+    out = proc.stdout
+    assert "header IS GOOD" in out and "nifti_image IS GOOD" in out, out
+    assert "edited in memory by imgfs" in out
+    assert "values equal to the original: True" in out
+    assert "Data type:         32 bit float" in out  # mrinfo saw the datatype change
+    assert "demo finished" in out
+    mounted = open("/proc/self/mountinfo").read()
+    assert "imgfs-demo" not in mounted
