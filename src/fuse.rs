@@ -22,6 +22,11 @@ use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
 /// How long the kernel may cache a name or attributes; changes are also invalidated at once.
 const TTL: Duration = Duration::from_secs(1);
 
+/// The root's attributes are never cached: when the daemon dies, fusermount3's auto-unmount
+/// unmounts only if a stat of the mount point fails with ENOTCONN, and a cached answer would
+/// leave a dead mount behind.
+const ROOT_TTL: Duration = Duration::ZERO;
+
 /// Mount settings.
 #[derive(Clone, Debug, Default)]
 pub struct MountSettings {
@@ -144,6 +149,7 @@ impl Filesystem for ImageFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.catalog.getattr(ino.0) {
+            Ok(attr) if attr.is_dir => reply.attr(&ROOT_TTL, &self.file_attr(&attr)),
             Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
