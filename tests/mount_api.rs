@@ -280,3 +280,46 @@ fn bad_names_are_refused_with_a_reason() {
     m.add("fine", &orig).unwrap();
     assert!(fs::read(m.dir().join("fine.nii")).is_ok());
 }
+
+#[test]
+fn concurrent_readers_each_see_one_whole_version_while_the_image_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (orig, values) = write_image(tmp.path(), "a.nii", ByteOrder::Little);
+    let m = mount(tmp.path());
+    m.add("a", &orig).unwrap();
+    m.edit("a", |img| img.set_field("descrip", "version 0"))
+        .unwrap();
+    let path = m.dir().join("a.nii");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut seen = std::collections::BTreeSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let bytes = fs::read(&path).unwrap();
+                        let header = header_of(&bytes);
+                        let offset = header.vox_offset_raw() as usize;
+                        assert_eq!(bytes.len(), offset + values.len() * 4);
+                        assert_eq!(floats(&bytes[offset..], ByteOrder::Little), values);
+                        let descrip = header.descrip();
+                        let n: u32 = descrip
+                            .strip_prefix("version ")
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or_else(|| panic!("a mixed header: {descrip:?}"));
+                        seen.insert(n);
+                    }
+                    seen.len()
+                })
+            })
+            .collect();
+        for i in 1..200 {
+            m.edit("a", |img| img.set_field("descrip", &format!("version {i}")))
+                .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() >= 1);
+        }
+    });
+}
