@@ -346,15 +346,7 @@ pub fn mount(
 /// sequential reads of rendered files arrive as 1 MiB requests instead of 128 KiB ones: fewer
 /// round trips through the daemon. Needs root; without it the default stays.
 fn raise_readahead(dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    let wanted = dir.to_string_lossy().replace(' ', "\\040");
-    let device = info.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(4) == Some(&wanted.as_str())).then(|| fields[2].to_string())
-    });
-    if let Some(device) = device {
+    if let Some(device) = crate::mountinfo::device_of(dir) {
         let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
         if let Err(e) = std::fs::write(&knob, "4096") {
             log::info!("readahead stays at the default ({knob}: {e})");

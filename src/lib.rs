@@ -4,7 +4,8 @@
 //! them and knows whether they still match their original, [`render`] lays an image out as a
 //! single-file NIfTI by byte range, [`catalog`] keeps the named images and their served
 //! versions, [`fuse`] translates kernel requests onto the catalog, and [`control`] lets other
-//! processes drive it.
+//! processes drive it. [`mount`] puts these together as the Rust API and the daemon, and
+//! [`cli`] is the command line.
 
 pub mod catalog;
 pub mod cli;
@@ -13,4 +14,5 @@ pub mod format;
 pub mod fuse;
 pub mod image;
 pub mod mount;
+pub mod mountinfo;
 pub mod render;

@@ -150,16 +150,7 @@ fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Whether something is mounted at `dir`, from /proc/self/mountinfo.
-pub fn is_mount_point(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = dir.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mount_point| mount_point == wanted)
-}
+pub use crate::mountinfo::is_mount_point;
 
 /// Lazily unmounts `dir`: directly as root, else through `fusermount3 -u -z`.
 pub fn detach(dir: &Path) -> io::Result<()> {
