@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::format::{self, Flavor};
 use crate::image::{DirtyState, FileSource, Image, ImageError};
-use crate::render::{self, Rendering};
+use crate::render::Rendering;
 
 /// The suffix every served file has.
 pub const SUFFIX: &str = ".nii";
@@ -607,10 +607,7 @@ pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
         _ => Flavor::Nifti1,
     };
     let rendering = Rendering::of(image).map_err(ImageError::DataUnavailable)?;
-    let mut header = image.header_as(flavor);
-    if flavor != render::served_flavor(image) && flavor == Flavor::Analyze {
-        header = image.header().clone();
-    }
+    let header = image.header_as(flavor);
     let mut write = |w: &mut dyn std::io::Write| rendering.write_data_to(w);
     format::io::save(
         out,

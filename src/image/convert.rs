@@ -29,7 +29,8 @@ impl Default for ValueRange {
 }
 
 impl ValueRange {
-    pub fn add(&mut self, values: &[f64]) {
+    #[cfg(test)]
+    fn add(&mut self, values: &[f64]) {
         for &v in values {
             if v.is_finite() {
                 self.min = self.min.min(v);

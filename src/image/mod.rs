@@ -23,7 +23,7 @@ pub use data::{Element, FileSource, Store, VoxelBuffer};
 pub use origin::{FileIdentity, Origin};
 pub use state::{DirtyState, Reason};
 
-use crate::format::{self, Affine, DataType, Extension, FieldValue, Flavor, FormatError, Header};
+use crate::format::{self, Affine, DataType, Extension, Flavor, FormatError, Header};
 use convert::ValueRange;
 
 /// Extensions larger than this are not compared byte for byte: once handed out for writing
@@ -314,16 +314,6 @@ impl Image {
         Ok(())
     }
 
-    /// Sets a raw header field value (the control protocol's typed form).
-    pub fn set_field_value(&mut self, name: &str, value: &FieldValue) -> Result<(), ImageError> {
-        let text = match value {
-            FieldValue::Text(t) => String::from_utf8_lossy(t).into_owned(),
-            FieldValue::Ints(v) => v.iter().map(i64::to_string).collect::<Vec<_>>().join(","),
-            FieldValue::Floats(v) => v.iter().map(f64::to_string).collect::<Vec<_>>().join(","),
-        };
-        self.set_field(name, &text)
-    }
-
     fn check_reshape(&self, header: &Header) -> Result<(), ImageError> {
         let new = header.shape().map_err(ImageError::Refused)?;
         let count = |s: &[u64]| s.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -442,18 +432,10 @@ impl Image {
         mut visit: impl FnMut(&[u8], format::ByteOrder),
     ) -> Result<(), ImageError> {
         if let Store::File(source) = &self.store {
-            let chunk = (4 << 20) / self.dtype.size() * self.dtype.size();
-            let mut buf = vec![0; chunk];
-            let mut at = 0;
-            while at < source.len {
-                let n = chunk.min((source.len - at) as usize);
-                source
-                    .read_exact_at(&mut buf[..n], at)
-                    .map_err(|e| self.data_error(e.to_string()))?;
-                visit(&buf[..n], source.order);
-                at += n as u64;
-            }
-            return Ok(());
+            return read_chunks(source, self.dtype, 0, source.len, |bytes| {
+                visit(bytes, source.order)
+            })
+            .map_err(|e| self.data_error(e.to_string()));
         }
         let data = self.data()?;
         visit(data.bytes(), format::ByteOrder::native());
@@ -664,17 +646,32 @@ impl Image {
 
 /// The stored range of data bytes `[a, b)` of an original file, read in 4 MiB chunks.
 fn file_range(source: &FileSource, dtype: DataType, a: u64, b: u64) -> std::io::Result<ValueRange> {
-    let chunk = ((4 << 20) / dtype.size() * dtype.size()) as u64;
-    let mut buf = vec![0; chunk as usize];
     let mut range = ValueRange::default();
+    read_chunks(source, dtype, a, b, |bytes| {
+        range = range.merge(convert::stored_range(dtype, source.order, bytes));
+    })?;
+    Ok(range)
+}
+
+/// Visits data bytes `[a, b)` of an original file in 4 MiB chunks of whole elements, through
+/// one reused buffer.
+fn read_chunks(
+    source: &FileSource,
+    dtype: DataType,
+    a: u64,
+    b: u64,
+    mut visit: impl FnMut(&[u8]),
+) -> std::io::Result<()> {
+    let chunk = ((4 << 20) / dtype.size() * dtype.size()) as u64;
+    let mut buf = vec![0; chunk.min(b - a) as usize];
     let mut at = a;
     while at < b {
         let n = chunk.min(b - at) as usize;
         source.read_exact_at(&mut buf[..n], at)?;
-        range = range.merge(convert::stored_range(dtype, source.order, &buf[..n]));
+        visit(&buf[..n]);
         at += n as u64;
     }
-    Ok(range)
+    Ok(())
 }
 
 fn refused_field(name: &str, why: &str) -> ImageError {
