@@ -144,8 +144,12 @@ impl Version {
     }
 }
 
-/// A directory listing: file names with their attributes.
-pub type Listing = Vec<(String, Attr)>;
+/// A directory listing: file names with their attributes, and the versions they name, kept
+/// alive while the listing is paged through so that every inode it hands out can be opened.
+pub struct Listing {
+    pub files: Vec<(String, Attr)>,
+    _versions: Vec<Arc<Version>>,
+}
 
 /// A file's attributes, as the kernel needs them.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -206,6 +210,10 @@ pub struct Catalog {
     mount_dir: PathBuf,
     entries: RwLock<BTreeMap<String, Arc<Mutex<Entry>>>>,
     versions: Mutex<HashMap<u64, Weak<Version>>>,
+    /// The versions the kernel knows by inode, with its lookup count for each. A version stays
+    /// openable until the kernel forgets it: a name looked up just before an edit still names
+    /// the version it was looked up as, and opening it reads that whole version.
+    kernel_refs: Mutex<HashMap<u64, (Arc<Version>, u64)>>,
     handles: RwLock<HashMap<u64, Arc<Version>>>,
     listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_ino: AtomicU64,
@@ -220,6 +228,7 @@ impl Catalog {
             mount_dir,
             entries: RwLock::new(BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
+            kernel_refs: Mutex::new(HashMap::new()),
             handles: RwLock::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
@@ -484,7 +493,40 @@ impl Catalog {
         let entry = self.entry(name).map_err(|_| FsError::NotFound)?;
         let mut entry = entry.lock();
         self.refresh(&mut entry);
+        self.kernel_learned(&entry.version);
         Ok(attr_of(&entry.version))
+    }
+
+    fn kernel_learned(&self, version: &Arc<Version>) {
+        self.kernel_refs
+            .lock()
+            .entry(version.ino)
+            .or_insert_with(|| (version.clone(), 0))
+            .1 += 1;
+    }
+
+    /// The kernel was handed a listed file's inode with its attributes (`readdirplus`): it now
+    /// holds one more lookup of it.
+    pub fn listed(&self, ino: u64) {
+        if let Some(version) = self.version(ino) {
+            self.kernel_learned(&version);
+        }
+    }
+
+    /// The kernel dropped `count` lookups of an inode; at none, the version may go.
+    pub fn forget(&self, ino: u64, count: u64) {
+        let mut refs = self.kernel_refs.lock();
+        if let Some((_, held)) = refs.get_mut(&ino) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                refs.remove(&ino);
+            }
+        }
+    }
+
+    /// How many versions the kernel still holds by inode (for tests and `stats`).
+    pub fn kernel_held_versions(&self) -> usize {
+        self.kernel_refs.lock().len()
     }
 
     fn version(&self, ino: u64) -> Option<Arc<Version>> {
@@ -515,14 +557,21 @@ impl Catalog {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut listing = vec![(".".to_string(), root), ("..".to_string(), root)];
-        listing.extend(
-            entries
-                .into_iter()
-                .map(|(name, entry)| (format!("{name}{SUFFIX}"), attr_of(&entry.lock().version))),
-        );
+        let mut files = vec![(".".to_string(), root), ("..".to_string(), root)];
+        let mut versions = Vec::with_capacity(entries.len());
+        for (name, entry) in entries {
+            let version = entry.lock().version.clone();
+            files.push((format!("{name}{SUFFIX}"), attr_of(&version)));
+            versions.push(version);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.listings.lock().insert(fh, Arc::new(listing));
+        self.listings.lock().insert(
+            fh,
+            Arc::new(Listing {
+                files,
+                _versions: versions,
+            }),
+        );
         fh
     }
 
@@ -619,4 +668,74 @@ pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ByteOrder, Header, affine};
+    use crate::image::VoxelBuffer;
+
+    fn catalog_with(name: &str) -> Catalog {
+        let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
+        let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+        let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+        let catalog = Catalog::new(PathBuf::from("/nowhere"));
+        catalog.insert(name, image).unwrap();
+        catalog
+    }
+
+    fn descrip_of(catalog: &Catalog, fh: u64) -> String {
+        let bytes = catalog.read(fh, 0, 348).unwrap();
+        Header::parse(&bytes).unwrap().descrip()
+    }
+
+    #[test]
+    fn a_looked_up_version_stays_openable_after_an_edit_until_the_kernel_forgets_it() {
+        let catalog = catalog_with("a");
+        let old = catalog.lookup(OsStr::new("a.nii")).unwrap();
+        catalog
+            .edit("a", |img| img.set_field("descrip", "new"))
+            .unwrap();
+        let new = catalog.lookup(OsStr::new("a.nii")).unwrap();
+        assert_ne!(old.ino, new.ino);
+        assert_eq!(catalog.kernel_held_versions(), 2);
+
+        let Opened::Rendered { fh } = catalog.open(old.ino).unwrap() else {
+            panic!("an in-memory image is rendered");
+        };
+        assert_eq!(descrip_of(&catalog, fh), "");
+        catalog.release(fh);
+
+        catalog.forget(old.ino, 1);
+        assert_eq!(catalog.open(old.ino).unwrap_err(), FsError::Stale);
+        assert_eq!(catalog.kernel_held_versions(), 1);
+        let Opened::Rendered { fh } = catalog.open(new.ino).unwrap() else {
+            panic!("an in-memory image is rendered");
+        };
+        assert_eq!(descrip_of(&catalog, fh), "new");
+    }
+
+    #[test]
+    fn lookups_are_counted_and_forgotten_together() {
+        let catalog = catalog_with("a");
+        let fh = catalog.opendir();
+        let ino = catalog.listing(fh).unwrap().files[2].1.ino;
+        catalog.listed(ino);
+        catalog.releasedir(fh);
+        catalog.lookup(OsStr::new("a.nii")).unwrap();
+        catalog
+            .edit("a", |img| img.set_field("descrip", "x"))
+            .unwrap();
+        catalog.forget(ino, 1);
+        let opened = catalog.open(ino).expect("one lookup is still held");
+        let Opened::Rendered { fh } = opened else {
+            panic!("an in-memory image is rendered");
+        };
+        catalog.release(fh);
+        catalog.forget(ino, 1);
+        assert_eq!(catalog.open(ino).unwrap_err(), FsError::Stale);
+        catalog.forget(ino, 5);
+        assert_eq!(catalog.kernel_held_versions(), 0);
+    }
 }

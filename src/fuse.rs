@@ -147,6 +147,10 @@ impl Filesystem for ImageFs {
         }
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.catalog.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.catalog.getattr(ino.0) {
             Ok(attr) if attr.is_dir => reply.attr(&ROOT_TTL, &self.file_attr(&attr)),
@@ -241,7 +245,7 @@ impl Filesystem for ImageFs {
             Ok(listing) => listing,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (i, (name, attr)) in listing.iter().enumerate().skip(offset as usize) {
+        for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
             let kind = self.file_attr(attr).kind;
             if reply.add(INodeNo(attr.ino), (i + 1) as u64, kind, name) {
                 break;
@@ -262,17 +266,21 @@ impl Filesystem for ImageFs {
             Ok(listing) => listing,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (i, (name, attr)) in listing.iter().enumerate().skip(offset as usize) {
-            let attr = self.file_attr(attr);
+        for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
+            let file_attr = self.file_attr(attr);
             if reply.add(
-                attr.ino,
+                file_attr.ino,
                 (i + 1) as u64,
                 name,
                 &TTL,
-                &attr,
+                &file_attr,
                 fuser::Generation(0),
             ) {
                 break;
+            }
+            // The kernel counts a lookup for every entry but `.` and `..`.
+            if !attr.is_dir {
+                self.catalog.listed(attr.ino);
             }
         }
         reply.ok();

@@ -250,6 +250,7 @@ fn handle(
                 "forwarded_reads": s.forwarded_reads.load(Ordering::Relaxed),
                 "rendered_reads": s.rendered_reads.load(Ordering::Relaxed),
                 "images": catalog.names().len(),
+                "kernel_held_versions": catalog.kernel_held_versions(),
             })
         }
         Request::Shutdown => json!({"shutting_down": true}),
