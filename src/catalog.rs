@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::format::{self, Flavor};
 use crate::image::{DirtyState, FileSource, Image, ImageError};
-use crate::render::Rendering;
+use crate::render::{Chunk, Rendering};
 
 /// The suffix every served file has.
 pub const SUFFIX: &str = ".nii";
@@ -120,12 +120,12 @@ impl Version {
     }
 
     /// Bytes `[offset, offset + size)` of this version.
-    pub fn read(&self, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, offset: u64, size: usize) -> Result<Chunk, FsError> {
         match &self.body {
             Body::Original(source) => {
                 let end = (offset + size as u64).min(self.size);
                 if offset >= end {
-                    return Ok(Vec::new());
+                    return Ok(Chunk::Owned(Vec::new()));
                 }
                 let mut buf = vec![0; (end - offset) as usize];
                 use std::os::unix::fs::FileExt;
@@ -134,7 +134,7 @@ impl Version {
                     .read_exact_at(&mut buf, offset)
                     .and_then(|()| source.check_unchanged())
                     .map_err(|e| FsError::Io(e.to_string()))?;
-                Ok(buf)
+                Ok(Chunk::Owned(buf))
             }
             Body::Rendered(r) => r
                 .read_at(offset, size)
@@ -615,7 +615,7 @@ impl Catalog {
         self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
         let version = self
             .handles
             .read()

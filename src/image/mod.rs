@@ -219,9 +219,10 @@ impl Image {
     /// How the stored numbers map to the values a reader sees: the data type and the header's
     /// scaling.
     pub fn encoding(&self) -> Encoding {
+        // A slope of 1 with no intercept is no scaling at all, as nibabel reads it.
         Encoding {
             dtype: self.dtype,
-            scaling: self.header.slope_inter(),
+            scaling: self.header.slope_inter().filter(|&s| s != (1.0, 0.0)),
         }
     }
 

@@ -60,6 +60,34 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The stored numbers, when they are in memory in native byte order.
+    fn in_memory(&self) -> Option<&Arc<VoxelBuffer>> {
+        match self {
+            Source::Memory(data) => Some(data),
+            Source::Compressed { cell, .. } => cell.get().and_then(|r| r.as_ref().ok()),
+            Source::File(_) => None,
+        }
+    }
+}
+
+/// Bytes of a rendered file: copied, or a range of voxel data shared with the image.
+pub enum Chunk {
+    Owned(Vec<u8>),
+    Shared(Arc<VoxelBuffer>, std::ops::Range<usize>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Owned(bytes) => bytes,
+            Chunk::Shared(data, range) => &data.bytes()[range.clone()],
+        }
+    }
+}
+
 fn copy_from(src: &[u8], buf: &mut [u8], at: u64) {
     let at = at as usize;
     buf.copy_from_slice(&src[at..at + buf.len()]);
@@ -143,11 +171,21 @@ impl Rendering {
         &self.prefix
     }
 
-    /// Bytes `[offset, offset + len)` of the file, shorter at its end.
-    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    /// Bytes `[offset, offset + len)` of the file, shorter at its end. Data held in memory in
+    /// the file's byte order are shared, not copied: a read of a converted image is then one
+    /// copy, the kernel's.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Chunk> {
         let end = (offset + len as u64).min(self.size());
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Chunk::Owned(Vec::new()));
+        }
+        let plen = self.prefix.len() as u64;
+        if let Some(data) = self.source.in_memory()
+            && offset >= plen
+            && self.out_order == ByteOrder::native()
+        {
+            let range = (offset - plen) as usize..(end - plen) as usize;
+            return Ok(Chunk::Shared(data.clone(), range));
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         let plen = self.prefix.len() as u64;
@@ -159,7 +197,7 @@ impl Rendering {
             let b = end - plen;
             self.read_data(a, b, &mut out)?;
         }
-        Ok(out)
+        Ok(Chunk::Owned(out))
     }
 
     /// Appends data bytes `[a, b)` to `out`.
