@@ -170,7 +170,22 @@ impl DataType {
         matches!(self, DataType::Complex64 | DataType::Complex128)
     }
 
-    /// The smallest and largest values an integer type holds.
+    /// The smallest and largest values an integer type holds, exactly.
+    pub fn integer_limits(self) -> Option<(i128, i128)> {
+        Some(match self {
+            DataType::Uint8 => (0, u8::MAX.into()),
+            DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
+            DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
+            DataType::Uint16 => (0, u16::MAX.into()),
+            DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
+            DataType::Uint32 => (0, u32::MAX.into()),
+            DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
+            DataType::Uint64 => (0, u64::MAX.into()),
+            _ => return None,
+        })
+    }
+
+    /// The smallest and largest values an integer type holds, as the nearest floats.
     pub fn integer_range(self) -> Option<(f64, f64)> {
         Some(match self {
             DataType::Uint8 => (0.0, u8::MAX as f64),

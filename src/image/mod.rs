@@ -342,9 +342,8 @@ impl Image {
         } else {
             None
         };
-        let store_f32 = self.header.flavor() != Flavor::Nifti2;
-        let target = convert::target_encoding(from, dtype, range, store_f32)?;
-        let converted = self.converted(from, target)?;
+        let target = convert::target_encoding(from, dtype, range)?;
+        let converted = self.converted(from, target, range)?;
         self.store = Store::Memory(Arc::new(converted));
         self.dtype = dtype;
         self.header.set_datatype(dtype);
@@ -354,7 +353,12 @@ impl Image {
     }
 
     /// The stored data converted to `to`, in memory, native byte order.
-    fn converted(&mut self, from: Encoding, to: Encoding) -> Result<VoxelBuffer, ImageError> {
+    fn converted(
+        &mut self,
+        from: Encoding,
+        to: Encoding,
+        values: Option<ValueRange>,
+    ) -> Result<VoxelBuffer, ImageError> {
         let mut out = VoxelBuffer::zeros(to.dtype, &self.shape);
         let (in_unit, out_unit) = (from.dtype.size(), to.dtype.size());
         let voxels = out.bytes().len() / out_unit;
@@ -382,7 +386,7 @@ impl Image {
                     ),
                     Store::Unloaded => unreachable!("loaded above"),
                 };
-                convert::convert_into(src, order, from, to, dst);
+                convert::convert_into(src, order, from, to, values, dst);
             }
             Ok(())
         };

@@ -16,16 +16,40 @@ def sources(tmp_path_factory):
     wide = rng.uniform(-5e5, 5e5, size=(8, 7, 6)).astype(np.float32)  # needs scaling in int16
     small = rng.uniform(0.0, 1.0, size=(8, 7, 6)).astype(np.float32)  # needs a slope < 1
     ints = rng.integers(-1000, 1000, size=(6, 5, 4)).astype(np.int16)
+    specials = rng.normal(100.0, 40.0, size=(9, 8, 7)).astype(np.float32)
+    specials.flat[::17] = np.nan
+    specials.flat[5::29] = np.inf
+    specials.flat[11::31] = -np.inf
+    positive = rng.uniform(0.0, 1.0, size=(7, 6, 5)).astype(np.float32)
+    positive.flat[::13] = np.nan
+    positive.flat[3::23] = -np.inf
+    zeros = np.zeros((5, 4, 3), np.float32)
+    zeros.flat[::7] = np.nan
+    zeros.flat[2::11] = np.inf
+    extra = {
+        "shifted": rng.integers(1000, 1200, size=(6, 5, 4)).astype(np.int16),
+        "negative": rng.integers(-200, 1, size=(6, 5, 4)).astype(np.int16),
+        "bigints": rng.integers(-(2**31), 2**31 - 1, size=(6, 5, 4)).astype(np.int32),
+        "positive": positive,
+        "zeros": zeros,
+    }
     paths = {
         "wide": str(d / "wide_f32.nii"),
         "small": str(d / "small_f32.nii.gz"),
         "ints": str(d / "ints_i16.nii"),
         "n2": str(d / "n2_f32.nii"),
+        "specials": str(d / "specials_f32.nii"),
+        "doubles": str(d / "doubles_f64.nii"),
     }
     nib.save(nib.Nifti1Image(wide, aff), paths["wide"])
     nib.save(nib.Nifti1Image(small, aff), paths["small"])
     nib.save(nib.Nifti1Image(ints, aff, dtype=np.int16), paths["ints"])
     nib.save(nib.Nifti2Image(wide, aff), paths["n2"])
+    nib.save(nib.Nifti1Image(specials, aff), paths["specials"])
+    nib.save(nib.Nifti1Image(wide.astype(np.float64) * 1.001, aff), paths["doubles"])
+    for name, data in extra.items():
+        paths[name] = str(d / f"{name}.nii")
+        nib.save(nib.Nifti1Image(data, aff, dtype=data.dtype), paths[name])
     return paths
 
 
@@ -59,6 +83,33 @@ def test_set_datatype_float32_to_int16(src, sources, tmp_path, imgfs_bin):
     err = np.max(np.abs(got - orig))
     assert err <= step * (1 + 1e-6) + 1e-6 * np.max(np.abs(orig)), (
         f"values off by {err} (scaling step {step}, slope/inter {hdr.get_slope_inter()})"
+    )
+
+
+@pytest.mark.parametrize("src,dtype", [
+    ("wide", "int16"), ("small", "uint8"), ("n2", "int16"), ("specials", "int16"),
+    ("specials", "uint8"), ("doubles", "int16"), ("ints", "uint8"), ("ints", "int8"),
+    ("wide", "int32"), ("shifted", "uint8"), ("shifted", "int8"), ("negative", "uint8"),
+    ("bigints", "int16"), ("bigints", "uint16"), ("positive", "uint8"), ("positive", "int16"),
+    ("zeros", "int16"), ("ints", "float32"),
+])
+def test_set_datatype_stores_what_nibabel_stores(src, dtype, sources, tmp_path, imgfs_bin):
+    """The scaling and every stored integer equal nibabel's set_data_dtype + save."""
+    out = do_convert(tmp_path, sources[src], f"datatype={dtype}")
+    ref = str(tmp_path / "nibabel.nii")
+    img = nib.load(sources[src])
+    img.set_data_dtype(dtype)
+    nib.save(img, ref)
+    got, want = nib.load(out), nib.load(ref)
+    # A loaded header's scaling is reset; the proxy holds what the file says.
+    scaling = (got.dataobj.slope, got.dataobj.inter)
+    assert scaling == (want.dataobj.slope, want.dataobj.inter), f"scaling {scaling}"
+    a, b = got.dataobj.get_unscaled(), want.dataobj.get_unscaled()
+    assert a.dtype == b.dtype == np.dtype(dtype)
+    differ = np.flatnonzero(a != b)
+    assert differ.size == 0, (
+        f"{differ.size} stored values differ, first at {differ[:5]}: "
+        f"{a.flat[differ[:5]]} vs nibabel {b.flat[differ[:5]]}"
     )
 
 
