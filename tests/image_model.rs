@@ -178,3 +178,63 @@ fn loading_a_1_gib_image_reads_only_its_header() {
     assert_eq!(image.shape(), &[512, 512, 256, 4]);
     assert!(read < 64 * 1024, "loading read {read} bytes");
 }
+
+/// An image with float32 values across a wide range, NaN and infinities, in a file.
+fn floats_file(dir: &Path, order: ByteOrder) -> PathBuf {
+    let mut values: Vec<f32> = (0..4000).map(|i| (i as f32 - 1700.5) * 37.25).collect();
+    values[5] = f32::NAN;
+    values[77] = f32::INFINITY;
+    values[78] = f32::NEG_INFINITY;
+    let data = VoxelBuffer::from_vec(&[10, 20, 20], &values);
+    let header = Header::new(Flavor::Nifti1, order);
+    let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+    let path = dir.join("floats.nii");
+    save_image(&image, &path).unwrap();
+    path
+}
+
+#[test]
+fn a_datatype_change_of_an_original_converts_on_read_to_what_converting_at_once_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    for order in [ByteOrder::Little, ByteOrder::Big] {
+        let path = floats_file(tmp.path(), order);
+        for dtype in [DataType::Int16, DataType::Uint8, DataType::Float64] {
+            let mut lazy = Image::load(&path).unwrap();
+            lazy.set_data_dtype(dtype).unwrap();
+            assert!(
+                matches!(lazy.store(), imgfs::image::Store::Converted(_)),
+                "a datatype change of data still on disk holds no memory"
+            );
+            let mut eager = Image::load(&path).unwrap();
+            eager.data().unwrap();
+            eager.set_data_dtype(dtype).unwrap();
+            assert!(matches!(eager.store(), imgfs::image::Store::Memory(_)));
+            assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
+            let (a, b) = (tmp.path().join("lazy.nii"), tmp.path().join("eager.nii"));
+            save_image(&lazy, &a).unwrap();
+            save_image(&eager, &b).unwrap();
+            assert_eq!(
+                fs::read(&a).unwrap(),
+                fs::read(&b).unwrap(),
+                "{order:?} {dtype}"
+            );
+            // Taking the data loads the converted numbers.
+            assert_eq!(lazy.data().unwrap(), eager.data().unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_second_datatype_change_starts_from_the_first_ones_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = floats_file(tmp.path(), ByteOrder::Little);
+    let mut lazy = Image::load(&path).unwrap();
+    let mut eager = Image::load(&path).unwrap();
+    eager.data().unwrap();
+    for image in [&mut lazy, &mut eager] {
+        image.set_data_dtype(DataType::Int16).unwrap();
+        image.set_data_dtype(DataType::Uint8).unwrap();
+    }
+    assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
+    assert_eq!(lazy.data().unwrap(), eager.data().unwrap());
+}

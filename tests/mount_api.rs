@@ -202,6 +202,28 @@ fn modifying_the_original_dirties_the_image_and_fails_reads() {
 }
 
 #[test]
+fn a_datatype_change_reads_the_original_so_modifying_it_fails_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (orig, _) = write_image(tmp.path(), "a.nii", ByteOrder::Little);
+    let m = mount(tmp.path());
+    m.add("a", &orig).unwrap();
+    m.edit("a", |img| img.set_field("datatype", "int16"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = fs::OpenOptions::new().write(true).open(&orig).unwrap();
+    f.write_all_at(&[0xff; 16], 400).unwrap();
+    drop(f);
+    let state = m.state("a").unwrap().to_string();
+    assert!(state.contains("modified on disk since load"), "{state}");
+    let mut all = Vec::new();
+    let err = fs::File::open(m.dir().join("a.nii"))
+        .unwrap()
+        .read_to_end(&mut all)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+#[test]
 fn replacing_the_original_dirties_the_image_and_serves_what_was_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     let (orig, values) = write_image(tmp.path(), "a.nii", ByteOrder::Little);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 
+use super::convert::{Encoding, ValueRange};
 use super::origin::FileIdentity;
 use crate::format::{ByteOrder, DataType};
 
@@ -266,11 +267,50 @@ impl FileSource {
     }
 }
 
+/// An original's numbers seen in another encoding.
+#[derive(Debug)]
+pub struct Conversion {
+    pub source: Arc<FileSource>,
+    pub from: Encoding,
+    pub to: Encoding,
+    /// The range of the values, which bounds the converted numbers as nibabel's writer does.
+    pub values: Option<ValueRange>,
+}
+
+impl Conversion {
+    /// Fills `out` (whole elements of the new type, native byte order) with the converted
+    /// numbers from element `first` on.
+    pub fn read(&self, out: &mut [u8], first: u64) -> io::Result<()> {
+        thread_local! {
+            // Reused across reads: a fresh buffer per read would fault in new pages each time.
+            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let (in_unit, out_unit) = (self.from.dtype.size(), self.to.dtype.size());
+        let count = out.len() / out_unit;
+        STORED.with_borrow_mut(|stored| {
+            stored.resize(count * in_unit, 0);
+            self.source.read_exact_at(stored, first * in_unit as u64)?;
+            super::convert::convert_into(
+                stored,
+                self.source.order,
+                self.from,
+                self.to,
+                self.values,
+                out,
+            );
+            Ok(())
+        })
+    }
+}
+
 /// Where an image's voxel data are right now.
 #[derive(Clone, Debug)]
 pub enum Store {
     /// Still in the uncompressed original; read by range.
     File(Arc<FileSource>),
+    /// Still in the uncompressed original, in the data type it had there: converted by range
+    /// when read (after a data type change), so converting holds no memory.
+    Converted(Arc<Conversion>),
     /// In a compressed original or one not open: must be loaded before use.
     Unloaded,
     /// In memory.

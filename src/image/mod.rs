@@ -82,8 +82,8 @@ pub struct Image {
     header: Header,
     extensions: Vec<Extension>,
     affine: Affine,
-    /// The data type of the stored numbers; always the header's, since a datatype change
-    /// converts the data at once.
+    /// The data type of the image's numbers, the header's. After a datatype change the store
+    /// may still hold the original's numbers, converted when read (`Store::Converted`).
     dtype: DataType,
     shape: Vec<u64>,
     store: Store,
@@ -328,11 +328,17 @@ impl Image {
         Ok(())
     }
 
-    /// nibabel's `set_data_dtype`, applied as nibabel's save would: the data are converted at
-    /// once (on two threads) with the scaling nibabel's array writer would choose, and the
-    /// header takes the new type and scaling. The values a reader sees stay the same, up to
-    /// the new type's precision.
+    /// nibabel's `set_data_dtype`, applied as nibabel's save would: the new type, with the
+    /// scaling nibabel's array writer would choose (one pass over the values for their range),
+    /// goes into the header. Data still in an uncompressed original stay there and are
+    /// converted by range when read, so the change holds no memory; data in memory are
+    /// converted at once, on two threads. The values a reader sees stay the same, up to the
+    /// new type's precision.
     pub fn set_data_dtype(&mut self, dtype: DataType) -> Result<(), ImageError> {
+        if let Store::Converted(_) = self.store {
+            // A second change starts from the first one's numbers.
+            self.data()?;
+        }
         let from = self.encoding();
         if from.dtype == dtype {
             return Ok(());
@@ -343,60 +349,25 @@ impl Image {
             None
         };
         let target = convert::target_encoding(from, dtype, range)?;
-        let converted = self.converted(from, target, range)?;
-        self.store = Store::Memory(Arc::new(converted));
+        self.store = match &self.store {
+            Store::File(source) => Store::Converted(Arc::new(data::Conversion {
+                source: source.clone(),
+                from,
+                to: target,
+                values: range,
+            })),
+            _ => {
+                self.data()?;
+                let converted = convert_all(&self.store, from, target, range, &self.shape)
+                    .map_err(|e| self.data_error(e.to_string()))?;
+                Store::Memory(Arc::new(converted))
+            }
+        };
         self.dtype = dtype;
         self.header.set_datatype(dtype);
         self.header.set_slope_inter(target.scaling);
         self.touch();
         Ok(())
-    }
-
-    /// The stored data converted to `to`, in memory, native byte order.
-    fn converted(
-        &mut self,
-        from: Encoding,
-        to: Encoding,
-        values: Option<ValueRange>,
-    ) -> Result<VoxelBuffer, ImageError> {
-        let mut out = VoxelBuffer::zeros(to.dtype, &self.shape);
-        let (in_unit, out_unit) = (from.dtype.size(), to.dtype.size());
-        let voxels = out.bytes().len() / out_unit;
-        if let Store::Unloaded = self.store {
-            self.data()?;
-        }
-        let store = self.store.clone();
-        let half = voxels / 2;
-        let (first, second) = out.bytes_mut().split_at_mut(half * out_unit);
-        let convert_part = |dst: &mut [u8], first_voxel: usize| -> std::io::Result<()> {
-            let chunk_voxels = (4 << 20) / in_unit;
-            let mut buf = Vec::new();
-            for (i, dst) in dst.chunks_mut(chunk_voxels * out_unit).enumerate() {
-                let n = dst.len() / out_unit;
-                let at = ((first_voxel + i * chunk_voxels) * in_unit) as u64;
-                let (src, order): (&[u8], format::ByteOrder) = match &store {
-                    Store::File(source) => {
-                        buf.resize(n * in_unit, 0);
-                        source.read_exact_at(&mut buf, at)?;
-                        (&buf, source.order)
-                    }
-                    Store::Memory(data) => (
-                        &data.bytes()[at as usize..at as usize + n * in_unit],
-                        format::ByteOrder::native(),
-                    ),
-                    Store::Unloaded => unreachable!("loaded above"),
-                };
-                convert::convert_into(src, order, from, to, values, dst);
-            }
-            Ok(())
-        };
-        std::thread::scope(|s| {
-            let other = s.spawn(|| convert_part(second, half));
-            let mine = convert_part(first, 0);
-            other.join().expect("conversion thread").and(mine)
-        })
-        .map_err(|e| self.data_error(e.to_string()))?;
-        Ok(out)
     }
 
     /// The finite range of the values, in one pass over the stored data (not loading them),
@@ -502,6 +473,11 @@ impl Image {
         let dtype = self.dtype;
         match &self.store {
             Store::Memory(buffer) => Ok((**buffer).clone()),
+            Store::Converted(c) => {
+                let original = Store::File(c.source.clone());
+                convert_all(&original, c.from, c.to, c.values, &self.shape)
+                    .map_err(|e| self.data_error(e.to_string()))
+            }
             Store::File(source) => {
                 let mut bytes = vec![0; source.len as usize];
                 source
@@ -647,6 +623,51 @@ impl Image {
         }
         header
     }
+}
+
+/// The numbers of `store` (an original file, or memory) converted from `from` to `to`, in
+/// memory in native byte order, on two threads.
+fn convert_all(
+    store: &Store,
+    from: Encoding,
+    to: Encoding,
+    values: Option<ValueRange>,
+    shape: &[u64],
+) -> std::io::Result<VoxelBuffer> {
+    let mut out = VoxelBuffer::zeros(to.dtype, shape);
+    let (in_unit, out_unit) = (from.dtype.size(), to.dtype.size());
+    let convert_part = |dst: &mut [u8], first_voxel: usize| -> std::io::Result<()> {
+        let chunk_voxels = (4 << 20) / in_unit;
+        let mut buf = Vec::new();
+        for (i, dst) in dst.chunks_mut(chunk_voxels * out_unit).enumerate() {
+            let n = dst.len() / out_unit;
+            let at = ((first_voxel + i * chunk_voxels) * in_unit) as u64;
+            let (src, order): (&[u8], format::ByteOrder) = match store {
+                Store::File(source) => {
+                    buf.resize(n * in_unit, 0);
+                    source.read_exact_at(&mut buf, at)?;
+                    (&buf, source.order)
+                }
+                Store::Memory(data) => (
+                    &data.bytes()[at as usize..at as usize + n * in_unit],
+                    format::ByteOrder::native(),
+                ),
+                Store::Converted(_) | Store::Unloaded => {
+                    unreachable!("callers hand over an original file or memory")
+                }
+            };
+            convert::convert_into(src, order, from, to, values, dst);
+        }
+        Ok(())
+    };
+    let half = out.bytes().len() / out_unit / 2;
+    let (first, second) = out.bytes_mut().split_at_mut(half * out_unit);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| convert_part(second, half));
+        let mine = convert_part(first, 0);
+        other.join().expect("conversion thread").and(mine)
+    })?;
+    Ok(out)
 }
 
 /// The stored range of data bytes `[a, b)` of an original file, read in 4 MiB chunks.

@@ -2,16 +2,17 @@
 //!
 //! A [`Rendering`] is an immutable snapshot of one image version. The header and extensions are
 //! computed once (a few KiB); the data bytes are produced per request from wherever the data
-//! are: streamed from the original file after a header-only edit, decompressed once from a
-//! `.gz` original, or copied from memory (data written, converted by a datatype change, or
-//! handed over by another process), swapped into the header's byte order when needed.
-//! Nothing is written to disk.
+//! are: streamed from the original file after a header-only edit, converted range by range
+//! from the original after a datatype change, decompressed once from a `.gz` original, or taken
+//! from memory (data written or handed over by another process), swapped into the header's
+//! byte order when needed. Nothing is written to disk.
 
 use std::io::{self, Write};
 use std::sync::{Arc, OnceLock};
 
 use crate::format::io::{LoadedFile, single_file_prefix};
 use crate::format::{ByteOrder, Flavor};
+use crate::image::data::Conversion;
 use crate::image::data::swap_in_place;
 use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
 
@@ -19,6 +20,8 @@ use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
 #[derive(Debug)]
 enum Source {
     File(Arc<FileSource>),
+    /// An original's numbers, converted to the served type per read.
+    Converted(Arc<Conversion>),
     Memory(Arc<VoxelBuffer>),
     /// A compressed original, decompressed on the first read of its data.
     Compressed {
@@ -36,6 +39,10 @@ impl Source {
             Source::File(file) => {
                 file.read_exact_at(buf, at)?;
                 Ok(file.order)
+            }
+            Source::Converted(c) => {
+                c.read(buf, at / c.to.dtype.size() as u64)?;
+                Ok(ByteOrder::native())
             }
             Source::Memory(data) => {
                 copy_from(data.bytes(), buf, at);
@@ -66,7 +73,7 @@ impl Source {
         match self {
             Source::Memory(data) => Some(data),
             Source::Compressed { cell, .. } => cell.get().and_then(|r| r.as_ref().ok()),
-            Source::File(_) => None,
+            Source::File(_) | Source::Converted(_) => None,
         }
     }
 }
@@ -143,6 +150,7 @@ impl Rendering {
         let voxels: u64 = image.shape().iter().product();
         let source = match image.store() {
             Store::File(file) => Source::File(file.clone()),
+            Store::Converted(c) => Source::Converted(c.clone()),
             Store::Memory(data) => Source::Memory(data.clone()),
             Store::Unloaded => Source::Compressed {
                 loaded: Box::new(image_loaded(image)?),
