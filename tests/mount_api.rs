@@ -224,6 +224,39 @@ fn a_datatype_change_reads_the_original_so_modifying_it_fails_reads() {
 }
 
 #[test]
+fn truncating_the_original_under_a_streamed_read_fails_it_and_the_daemon_serves_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (orig, _) = write_image(tmp.path(), "a.nii", ByteOrder::Little);
+    // 32 MiB: a read is many requests.
+    let big = tmp.path().join("big.nii");
+    let data = VoxelBuffer::zeros(imgfs::format::DataType::Float32, &[256, 256, 128]);
+    let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+    let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+    save_image(&image, &big).unwrap();
+    let m = mount(tmp.path());
+    m.add("big", &big).unwrap();
+    m.add("a", &orig).unwrap();
+    m.edit("big", |img| img.set_field("descrip", "streamed"))
+        .unwrap();
+    let mut file = fs::File::open(m.dir().join("big.nii")).unwrap();
+    let mut first = vec![0; 4 << 20];
+    file.read_exact(&mut first).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let err = file.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        fs::read(m.dir().join("a.nii")).is_ok(),
+        "the other image is still served"
+    );
+}
+
+#[test]
 fn replacing_the_original_dirties_the_image_and_serves_what_was_loaded() {
     let tmp = tempfile::tempdir().unwrap();
     let (orig, values) = write_image(tmp.path(), "a.nii", ByteOrder::Little);

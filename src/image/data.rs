@@ -246,9 +246,42 @@ pub struct FileSource {
     pub len: u64,
     pub order: ByteOrder,
     pub seen: FileIdentity,
+    /// The whole file mapped, made on first use (None if it cannot be mapped).
+    map: std::sync::OnceLock<Option<Arc<memmap2::Mmap>>>,
 }
 
 impl FileSource {
+    pub fn new(
+        file: File,
+        path: std::path::PathBuf,
+        (offset, len): (u64, u64),
+        order: ByteOrder,
+        seen: FileIdentity,
+    ) -> FileSource {
+        FileSource {
+            file,
+            path,
+            offset,
+            len,
+            order,
+            seen,
+            map: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The whole file, mapped shared and read-only, for handing ranges of it to the kernel
+    /// without copying them here first. Only the kernel may read the mapping: should the file
+    /// be truncated meanwhile, its copy fails cleanly where a read here would be killed by
+    /// SIGBUS.
+    pub fn mapping(&self) -> Option<&Arc<memmap2::Mmap>> {
+        self.map
+            .get_or_init(|| {
+                // SAFETY: the mapping is only handed to the kernel (see above), never read here.
+                unsafe { memmap2::Mmap::map(&self.file) }.ok().map(Arc::new)
+            })
+            .as_ref()
+    }
+
     /// Fills `buf` from data byte `at`, failing if the file changed since load.
     pub fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, self.offset + at)?;

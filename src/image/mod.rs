@@ -128,14 +128,13 @@ impl Image {
             } else {
                 seen.push((map.image.clone(), identity));
             }
-            Store::File(Arc::new(FileSource {
+            Store::File(Arc::new(FileSource::new(
                 file,
-                path: map.image.clone(),
-                offset: loaded.data_offset,
-                len: loaded.data_len,
-                order: loaded.header.order(),
-                seen: identity,
-            }))
+                map.image.clone(),
+                (loaded.data_offset, loaded.data_len),
+                loaded.header.order(),
+                identity,
+            )))
         };
         if let Some(mat) = map.sidecar().filter(|m| m.exists()) {
             seen.push(stat(&mat)?);

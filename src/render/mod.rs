@@ -78,10 +78,13 @@ impl Source {
     }
 }
 
-/// Bytes of a rendered file: copied, or a range of voxel data shared with the image.
+/// Bytes of a rendered file: copied, a range of voxel data shared with the image, or a range
+/// of the mapped original for the kernel to copy (see [`FileSource::mapping`]: meant for a
+/// reply, not for reading here).
 pub enum Chunk {
     Owned(Vec<u8>),
     Shared(Arc<VoxelBuffer>, std::ops::Range<usize>),
+    Mapped(Arc<memmap2::Mmap>, std::ops::Range<usize>),
 }
 
 impl std::ops::Deref for Chunk {
@@ -91,6 +94,25 @@ impl std::ops::Deref for Chunk {
         match self {
             Chunk::Owned(bytes) => bytes,
             Chunk::Shared(data, range) => &data.bytes()[range.clone()],
+            Chunk::Mapped(map, range) => &map[range.clone()],
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Chunk::Mapped(map, range) = self {
+            // The pages the kernel's copy mapped in are dropped again, so serving a file
+            // never shows as daemon memory; the page cache keeps them.
+            // SAFETY: a read-only shared file mapping refetches dropped pages on the next
+            // access, and nothing here holds a reference into this range any more.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
         }
     }
 }
@@ -188,6 +210,20 @@ impl Rendering {
             return Ok(Chunk::Owned(Vec::new()));
         }
         let plen = self.prefix.len() as u64;
+        if let Source::File(file) = &self.source
+            && offset >= plen
+            && file.order == self.out_order
+            && let Some(map) = file.mapping()
+        {
+            // The check comes before the kernel's copy here, not after it as with a read: a
+            // change in that instant goes unnoticed, as with passthrough.
+            file.check_unchanged()?;
+            let a = (file.offset + offset - plen) as usize;
+            let b = (file.offset + end - plen) as usize;
+            if b <= map.len() {
+                return Ok(Chunk::Mapped(map.clone(), a..b));
+            }
+        }
         if let Some(data) = self.source.in_memory()
             && offset >= plen
             && self.out_order == ByteOrder::native()
