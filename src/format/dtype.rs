@@ -184,21 +184,6 @@ impl DataType {
             _ => return None,
         })
     }
-
-    /// The smallest and largest values an integer type holds, as the nearest floats.
-    pub fn integer_range(self) -> Option<(f64, f64)> {
-        Some(match self {
-            DataType::Uint8 => (0.0, u8::MAX as f64),
-            DataType::Int8 => (i8::MIN as f64, i8::MAX as f64),
-            DataType::Int16 => (i16::MIN as f64, i16::MAX as f64),
-            DataType::Uint16 => (0.0, u16::MAX as f64),
-            DataType::Int32 => (i32::MIN as f64, i32::MAX as f64),
-            DataType::Uint32 => (0.0, u32::MAX as f64),
-            DataType::Int64 => (i64::MIN as f64, i64::MAX as f64),
-            DataType::Uint64 => (0.0, u64::MAX as f64),
-            _ => return None,
-        })
-    }
 }
 
 impl fmt::Display for DataType {

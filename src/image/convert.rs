@@ -245,21 +245,27 @@ fn decode_as<T: Number>(order: ByteOrder, bytes: &[u8], out: &mut Vec<f64>) {
 
 /// Writes values as `dtype` in `order`, rounding and clipping to an integer type's range;
 /// NaN becomes 0, as nibabel's `nan2zero` does (callers rescale NaN to the stored zero first).
-pub fn encode(dtype: DataType, order: ByteOrder, values: &[f64], out: &mut Vec<u8>) {
-    let range = dtype.integer_range();
+/// The plain reference the fused conversions are tested against.
+#[cfg(test)]
+fn encode(dtype: DataType, order: ByteOrder, values: &[f64], out: &mut Vec<u8>) {
+    let range = dtype
+        .integer_limits()
+        .map(|(lo, hi)| (lo as f64, hi as f64));
     with_number!(dtype, T => encode_as::<T>(range, values, out));
     if order != ByteOrder::native() {
         super::data::swap_in_place(out, dtype.swap_width());
     }
 }
 
+#[cfg(test)]
 fn encode_as<T: Number>(range: Option<(f64, f64)>, values: &[f64], out: &mut Vec<u8>) {
     out.clear();
     out.resize(values.len() * std::mem::size_of::<T>(), 0);
     let pairs = out.chunks_exact_mut(std::mem::size_of::<T>()).zip(values);
     match range {
-        Some((lo, hi)) => pairs.for_each(|(c, &v)| T::store(v.clamp(lo, hi).rint(), c)),
-        None => pairs.for_each(|(c, &v)| T::store(v, c)),
+        Some((lo, hi)) => pairs
+            .for_each(|(c, &v)| c.copy_from_slice(bytes_of(&T::from_f64(v.clamp(lo, hi).rint())))),
+        None => pairs.for_each(|(c, &v)| c.copy_from_slice(bytes_of(&T::from_f64(v)))),
     }
 }
 
@@ -526,11 +532,6 @@ trait Number: Copy + PartialOrd {
     /// # Safety
     /// As `from_f64_held`.
     unsafe fn from_f32_held(value: f32) -> Self;
-
-    #[inline(always)]
-    fn store(value: f64, bytes: &mut [u8]) {
-        bytes.copy_from_slice(bytes_of(&Self::from_f64(value)));
-    }
 
     #[inline(always)]
     fn load(bytes: &[u8]) -> f64 {

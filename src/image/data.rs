@@ -288,6 +288,16 @@ impl FileSource {
         self.check_unchanged()
     }
 
+    /// As [`FileSource::read_exact_at`], with the numbers (swapped as units of `width` bytes)
+    /// put in native byte order in place.
+    pub fn read_native(&self, buf: &mut [u8], at: u64, width: usize) -> io::Result<()> {
+        self.read_exact_at(buf, at)?;
+        if self.order != ByteOrder::native() {
+            swap_in_place(buf, width);
+        }
+        Ok(())
+    }
+
     pub fn check_unchanged(&self) -> io::Result<()> {
         let now = FileIdentity::of(&self.file.metadata()?);
         if now != self.seen {
@@ -322,10 +332,12 @@ impl Conversion {
         let count = out.len() / out_unit;
         STORED.with_borrow_mut(|stored| {
             stored.resize(count * in_unit, 0);
-            self.source.read_exact_at(stored, first * in_unit as u64)?;
+            let width = self.from.dtype.swap_width();
+            self.source
+                .read_native(stored, first * in_unit as u64, width)?;
             super::convert::convert_into(
                 stored,
-                self.source.order,
+                ByteOrder::native(),
                 self.from,
                 self.to,
                 self.values,

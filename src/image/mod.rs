@@ -644,8 +644,8 @@ fn convert_all(
             let (src, order): (&[u8], format::ByteOrder) = match store {
                 Store::File(source) => {
                     buf.resize(n * in_unit, 0);
-                    source.read_exact_at(&mut buf, at)?;
-                    (&buf, source.order)
+                    source.read_native(&mut buf, at, from.dtype.swap_width())?;
+                    (&buf, format::ByteOrder::native())
                 }
                 Store::Memory(data) => (
                     &data.bytes()[at as usize..at as usize + n * in_unit],
