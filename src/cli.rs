@@ -326,7 +326,7 @@ fn detach_stdout() {
 /// Starts `imgfs mount DIR --foreground` in its own session and waits until it is live.
 fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<()> {
     let log = control::log_path(dir)?;
-    let log_file = std::fs::File::create(&log).with_context(|| log.display().to_string())?;
+    let log_file = control::create_log(&log)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("mount")
         .arg(dir)

@@ -11,13 +11,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
-    InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session,
-    SessionACL,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session, SessionACL,
 };
 use parking_lot::Mutex;
 
 use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
+use crate::fusermount::Watcher;
 
 /// How long the kernel may cache a name or attributes; changes are also invalidated at once.
 const TTL: Duration = Duration::from_secs(1);
@@ -32,8 +32,6 @@ const ROOT_TTL: Duration = Duration::ZERO;
 pub struct MountSettings {
     /// Let other users see the mount (`allow_other`); otherwise only the mounting user can.
     pub allow_other: bool,
-    /// Unmount when the process dies, even by SIGKILL (needs `fusermount3`).
-    pub auto_unmount: bool,
     /// Never use kernel passthrough: clean files are served by forwarding reads.
     pub no_passthrough: bool,
 }
@@ -314,40 +312,44 @@ impl Invalidate for NotifierInvalidate {
 }
 
 /// Mounts a catalog at `dir`; the caller runs or spawns the session.
+/// Mounts `dir` through `fusermount3` (see [`crate::fusermount`] for why) and wraps the FUSE
+/// device in a session. Keep the watcher for as long as the session serves.
 pub fn mount(
     catalog: Arc<Catalog>,
     dir: &Path,
     settings: &MountSettings,
-) -> std::io::Result<Session<ImageFs>> {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::FSName("imgfs".into()),
-        MountOption::Subtype("imgfs".into()),
-        MountOption::NoAtime,
-        MountOption::NoSuid,
-        MountOption::NoDev,
+) -> std::io::Result<(Session<ImageFs>, Watcher)> {
+    let mut options = vec![
+        "ro",
+        "nosuid",
+        "nodev",
+        "noatime",
+        "fsname=imgfs",
+        "subtype=imgfs",
     ];
-    config.acl = if settings.allow_other {
+    // Without allow_other the kernel itself refuses every other user, root included.
+    let acl = if settings.allow_other {
+        options.push("allow_other");
         SessionACL::All
     } else {
-        SessionACL::RootAndOwner
+        SessionACL::Owner
     };
-    if settings.auto_unmount {
-        config.mount_options.push(MountOption::AutoUnmount);
-    }
+    let (device, watcher) = crate::fusermount::mount(dir, &options)?;
+    let mut config = Config::default();
+    config.acl = acl;
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let session = Session::new(
+    let session = Session::from_fd(
         ImageFs::new(catalog.clone(), !settings.no_passthrough),
-        dir,
-        &config,
+        device,
+        acl,
+        config,
     )?;
     raise_readahead(dir);
     catalog.set_invalidator(Arc::new(NotifierInvalidate {
         notifier: session.notifier(),
     }));
-    Ok(session)
+    Ok((session, watcher))
 }
 
 /// Raises the mount's readahead window (the kernel's default for FUSE is 128 KiB), so that

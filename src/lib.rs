@@ -12,6 +12,7 @@ pub mod cli;
 pub mod control;
 pub mod format;
 pub mod fuse;
+pub mod fusermount;
 pub mod image;
 pub mod mount;
 pub mod mountinfo;

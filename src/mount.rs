@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, CatalogError, Summary};
 use crate::control::{self, server};
 use crate::fuse::{self, MountSettings};
+use crate::fusermount::Watcher;
 use crate::image::{DirtyState, Image, ImageError};
 
 /// Options for a mount.
@@ -26,6 +27,7 @@ pub struct MountOptions {
 pub struct Mount {
     catalog: Arc<Catalog>,
     session: Option<fuser::BackgroundSession>,
+    watcher: Option<Watcher>,
     _socket: Option<server::SocketGuard>,
 }
 
@@ -38,7 +40,7 @@ impl Mount {
     pub fn with_options(dir: impl AsRef<Path>, options: &MountOptions) -> io::Result<Mount> {
         let dir = prepare_dir(dir.as_ref())?;
         let catalog = Arc::new(Catalog::new(dir.clone()));
-        let session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+        let (session, watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
         let socket = if options.control {
             let path = control::socket_path(&dir)?;
             let listener = server::bind(&path)?;
@@ -50,6 +52,7 @@ impl Mount {
         Ok(Mount {
             catalog,
             session: Some(session.spawn()?),
+            watcher: Some(watcher),
             _socket: socket,
         })
     }
@@ -103,6 +106,7 @@ impl Mount {
         // detached here; the session then ends and its thread can be joined.
         let detached = detach(self.catalog.mount_dir());
         session.umount_and_join()?;
+        drop(self.watcher.take());
         detached
     }
 }
@@ -118,29 +122,28 @@ impl Drop for Mount {
 fn settings(options: &MountOptions) -> MountSettings {
     MountSettings {
         allow_other: options.allow_other,
-        auto_unmount: find_in_path("fusermount3").is_some(),
         no_passthrough: options.no_passthrough,
     }
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 /// Creates the mount point, and clears a dead mount left there by a daemon that died.
-fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
+///
+/// Mount points often live in /tmp, where anyone may have planted a name first: a symlink
+/// would move the mount (or, for root, a directory created on the way) somewhere the user
+/// never meant, so the mount point itself must be a real directory owned by this user, and a
+/// symlink on the way there must be this user's or root's (the kernel's `protected_symlinks`
+/// rule). The default mount point is kept private (0700).
+pub(crate) fn prepare_dir(dir: &Path) -> io::Result<PathBuf> {
     let dir = control::normalize(dir)?;
-    if let Err(e) = std::fs::metadata(&dir)
+    control::refuse_foreign_symlinks(&dir)?;
+    if let Err(e) = std::fs::symlink_metadata(&dir)
         && e.raw_os_error() == Some(libc::ENOTCONN)
     {
         log::warn!("{} is a dead mount; detaching it", dir.display());
         detach(&dir)?;
     }
-    std::fs::create_dir_all(&dir)?;
+    let private = dir == control::normalize(&control::default_mount_dir())?;
+    control::own_dir(&dir, private, "mount on")?;
     if is_mount_point(&dir) {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
@@ -183,7 +186,8 @@ pub fn run_daemon(
 ) -> io::Result<()> {
     let dir = prepare_dir(dir)?;
     let catalog = Arc::new(Catalog::new(dir.clone()));
-    let session = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+    // The watcher lives until this returns: dropped, it lets fusermount3 go.
+    let (session, _watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
     let socket = control::socket_path(&dir)?;
     let listener = server::bind(&socket)?;
     let _guard = server::SocketGuard(socket);

@@ -50,7 +50,9 @@ class MountedDir:
     def daemon_pid(self):
         out = subprocess.run(["pgrep", "-f", f"imgfs mount {self.path} --foreground"],
                              capture_output=True, text=True).stdout.split()
-        return int(out[0])
+        # The daemon's watchdog is a fork with the same command line, named apart.
+        return next(int(p) for p in out
+                    if open(f"/proc/{p}/comm").read().strip() != "imgfs-watchdog")
 
 
 def start_mount(path):
