@@ -153,6 +153,10 @@ def test_images_through_the_mount(mnt, image4d, which):
             assert nib.load(path).get_data_dtype().name == new
 
 
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="FUSE passthrough needs CAP_SYS_ADMIN")
 def test_a_clean_nii_is_byte_identical_and_served_by_passthrough(mnt):
     src = os.path.join(helpers.NIB_DATA, "functional.nii")
     ok(mnt("add", f"pt={src}"))
@@ -347,6 +351,7 @@ def public_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+@ROOT_ONLY  # acts as another user with setpriv
 def test_only_the_mounting_user_can_read_the_mount_unless_allow_other(public_dir):
     src = os.path.join(public_dir, "shared.nii")
     shutil.copyfile(os.path.join(helpers.NIB_DATA, "functional.nii"), src)
