@@ -232,7 +232,8 @@ def _gzip_damage(rng, comp):
         out[pos] ^= 1 << rng.randrange(8)
         return bytes(out), f"gzip byte {pos} flipped"
     if kind == "truncate":
-        return _truncate(rng, comp)
+        cut, desc = _truncate(rng, comp)
+        return cut, "gzip stream " + desc
     if kind == "isize":
         value = rng.choice([0, 1, 2**32 - 1, 2**31, len(comp)])
         struct.pack_into("<I", out, len(out) - 4, value)
@@ -522,6 +523,7 @@ def run(seed, count=None, budget=None, only=None, binary=None, outdir=None, time
                 if budget is not None and time.monotonic() - start > budget:
                     break
             path, desc = mutate(seeds, seed, ident, mutants_dir)
+            summary["mutants"] += 1
             try:
                 note = check_mutant(ctx, ident, path)
                 if note:
@@ -535,7 +537,13 @@ def run(seed, count=None, budget=None, only=None, binary=None, outdir=None, time
                 log(line)
                 if "hung" in str(e):
                     break
-            summary["mutants"] += 1
+                try:
+                    ctx.mount.ping()
+                except Exception as dead:  # the rest would all fail the same way
+                    summary["failures"].append(f"FAIL seed {seed} mutant {ident}: the daemon "
+                                               f"died (ping: {dead}); see its log")
+                    log(summary["failures"][-1])
+                    break
             if summary["mutants"] % batch == 0 or ids is not None:
                 try:
                     alive = ctx.mount.ping()
