@@ -395,42 +395,50 @@ impl LoadedFile {
         Ok(data)
     }
 
-    /// Decompresses the data of a `.gz` original, handing them to `visit` piece by piece;
-    /// returns the stream after the data. A stream that ends or breaks early is an error that
-    /// says at which byte of the data.
-    fn decompress_data(&self, mut visit: impl FnMut(&[u8])) -> Result<Box<dyn Read>, FormatError> {
+    /// Decompresses the data of a `.gz` original, handing them to `visit` piece by piece. The
+    /// stream is read to its end, for its checksum: a corrupt stream can inflate without an
+    /// error to wrong bytes, which only the checksum shows. A stream that ends or breaks early
+    /// is an error that says at which byte of the data.
+    fn decompress_data(&self, mut visit: impl FnMut(&[u8])) -> Result<(), FormatError> {
         let path = &self.file_map.image;
         let mut r = reader(path, true)?;
         skip_to(&mut *r, &mut 0, self.data_offset, path)?;
         let mut buf = vec![0; 1 << 16];
         let mut held = 0u64;
-        while held < self.data_len {
-            let want = (self.data_len - held).min(buf.len() as u64) as usize;
-            match r.read(&mut buf[..want]) {
-                Ok(0) => return Err(self.stream_ends(held)),
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) if held < self.data_len => return Err(self.stream_ends(held)),
+                Ok(0) => return Ok(()),
                 Ok(n) => {
-                    visit(&buf[..n]);
+                    let wanted = (self.data_len - held.min(self.data_len)).min(n as u64);
+                    visit(&buf[..wanted as usize]);
                     held += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && held < self.data_len => {
                     return Err(self.stream_ends(held));
                 }
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+                        io::ErrorKind::InvalidInput
+                            | io::ErrorKind::InvalidData
+                            | io::ErrorKind::UnexpectedEof
                     ) =>
                 {
+                    let at = if held < self.data_len {
+                        format!("at byte {held} of the data")
+                    } else {
+                        "after the data".to_string()
+                    };
                     return Err(FormatError::invalid(
                         path,
-                        format!("gzip stream is corrupt at byte {held} of the data: {e}"),
+                        format!("gzip stream is corrupt {at}: {e}"),
                     ));
                 }
                 Err(e) => return Err(FormatError::io(path, e)),
             }
         }
-        Ok(r)
     }
 
     fn stream_ends(&self, held: u64) -> FormatError {
@@ -451,10 +459,7 @@ impl LoadedFile {
         if !self.file_map.compressed {
             return self.check_image_size();
         }
-        let path = &self.file_map.image;
-        let mut rest = self.decompress_data(|_| ())?;
-        io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_error(path, e))?;
-        Ok(())
+        self.decompress_data(|_| ())
     }
 }
 

@@ -161,3 +161,80 @@ def test_a_changed_original_never_serves_mixed_bytes(mnt, tmp_path, fault, edit,
     assert not info["clean"]
     assert any(REASON[fault] in r for r in info["reasons"]), info
     control_still_served(mnt)
+
+
+MALFORMED = os.path.join(helpers.REPO, "tests", "data", "malformed")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("gz_vox_offset_2g.nii.gz", "vox_offset 2147483648 is past the end of the gzip stream"),
+    ("gz_vox_offset_1e30.nii.gz", "is beyond the end of any file"),
+    ("gz_ext_esize_2g.nii.gz", "extension 0 (esize 2147483632 at byte 352) runs past the end"),
+])
+def test_a_gzip_whose_size_fields_exceed_the_stream_is_refused_at_add(mnt, name, message):
+    path = os.path.join(MALFORMED, name)
+    proc = mnt("add", f"hostile={path}")
+    assert proc.returncode == 1, describe(proc)
+    assert path in proc.stderr and message in proc.stderr, proc.stderr
+    assert "panicked" not in proc.stderr
+    assert "hostile" not in mnt.ls()
+    control_still_served(mnt)
+
+
+def broken_gzip(tmp_path, kind, damage):
+    """A gzip original whose header loads but whose data stream is cut or corrupt."""
+    data = np.arange(32 * 32 * 32, dtype=np.float32).reshape((32, 32, 32))
+    suffix = ".nii.gz" if kind == "single" else ".img.gz"
+    img_cls = nib.Nifti1Image if kind == "single" else nib.Nifti1Pair
+    path = str(tmp_path / f"broken{suffix}")
+    nib.save(img_cls(data, np.eye(4)), path)
+    packed = open(path, "rb").read()
+    if damage == "truncated":
+        packed = packed[: len(packed) * 2 // 3]
+    else:
+        keep = len(packed) // 2
+        packed = packed[:keep] + bytes(b ^ 0x5A for b in packed[keep : keep + 64]) + packed[keep + 64 :]
+    with open(path, "wb") as f:
+        f.write(packed)
+    return path if kind == "single" else path.replace(".img.gz", ".hdr.gz")
+
+
+WANT = {"truncated": "gzip stream ends at byte", "corrupt": "gzip stream is corrupt"}
+
+
+@pytest.mark.parametrize("found_by", ["read", "set-datatype", "save"])
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("kind", ["single", "pair"])
+def test_a_broken_gzip_original_is_named_in_its_state_and_refused(mnt, tmp_path, kind, damage,
+                                                                  found_by):
+    path = broken_gzip(tmp_path, kind, damage)
+    name = f"gz-{kind}-{damage}-{found_by}"
+    ok(mnt("add", f"{name}={path}"))  # headers only: nothing is known yet
+    assert mnt.ls()[name]["clean"]
+    want = WANT[damage]
+    data_file = path.replace(".hdr.gz", ".img.gz")
+    if found_by == "read":
+        # The kernel's first read reaches into the data: nibabel cannot even sniff the header.
+        with pytest.raises((OSError, nib.filebasedimages.ImageFileError)) as err:
+            nib.load(mnt.file(name)).get_fdata()
+        assert "Cannot work out file type" in str(err.value) or err.value.errno == errno.EIO
+    elif found_by == "set-datatype":
+        proc = mnt("set", name, "datatype=int16")
+        assert proc.returncode == 1 and want in proc.stderr and data_file in proc.stderr, \
+            describe(proc)
+    else:
+        out = str(tmp_path / "saved.nii")
+        proc = mnt("save", name, out)
+        assert proc.returncode == 1 and want in proc.stderr and data_file in proc.stderr, \
+            describe(proc)
+        assert not os.path.exists(out)
+    info = mnt.ls()[name]
+    assert not info["clean"] and info["state"].startswith("dirty: data cannot be read: ")
+    assert any(want in r and data_file in r for r in info["reasons"]), info
+    proc = mnt("path", name)
+    assert proc.returncode == 1 and want in proc.stderr, describe(proc)
+    with pytest.raises(OSError) as err:
+        with open(mnt.file(name), "rb") as f:
+            f.read()
+    assert err.value.errno == errno.EIO
+    control_still_served(mnt)
