@@ -403,12 +403,25 @@ impl Catalog {
     }
 
     /// The design note's `as_filename`: the original while the image is clean, the mount path
-    /// otherwise.
+    /// otherwise. Refused once the original's data were found unreadable: neither path would
+    /// give a reader the data, and the reason is best told here.
     pub fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {
-        self.with_fresh(name, |entry| match entry.image.origin() {
-            Some(origin) if entry.image.state().is_clean() => origin.path().to_path_buf(),
-            _ => self.mount_path(name),
-        })
+        self.with_fresh(name, |entry| {
+            let Some(origin) = entry.image.origin() else {
+                return Ok(self.mount_path(name));
+            };
+            if let Some(why) = origin.unreadable() {
+                return Err(CatalogError::Image {
+                    name: name.to_string(),
+                    source: ImageError::DataUnavailable(format!("data cannot be read: {why}")),
+                });
+            }
+            Ok(if entry.image.state().is_clean() {
+                origin.path().to_path_buf()
+            } else {
+                self.mount_path(name)
+            })
+        })?
     }
 
     pub fn mount_path(&self, name: &str) -> PathBuf {

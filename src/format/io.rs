@@ -181,6 +181,12 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
             format!("vox_offset {raw_offset} is not a non-negative whole number of bytes"),
         ));
     }
+    if raw_offset >= MAX_OFFSET {
+        return Err(FormatError::invalid(
+            &hpath,
+            format!("vox_offset {raw_offset} is beyond the end of any file"),
+        ));
+    }
     let data_offset = raw_offset as u64;
     if single && data_offset < header.flavor().min_single_offset() {
         return Err(FormatError::invalid(
@@ -193,23 +199,25 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
         ));
     }
 
-    // Extensions: after the header up to the data (single file) or to the end (pair).
-    let ext_limit = if single {
-        data_offset.saturating_sub(hlen as u64)
-    } else {
-        u64::MAX
-    };
-    let mut rest = start[hlen..].to_vec();
-    let more = read_up_to(&mut *r, ext_limit.saturating_sub(rest.len() as u64), &hpath)?;
-    rest.extend_from_slice(&more);
-    if single {
-        rest.truncate(ext_limit as usize);
-    }
+    // Extensions: after the header up to the data (single file) or to the end (pair), read
+    // one at a time so that nothing is sized by a field before the file shows it holds it.
+    let ext_end = if single { data_offset } else { u64::MAX };
+    let mut rest = io::Cursor::new(start[hlen.min(start.len())..].to_vec()).chain(r);
+    let mut at = hlen as u64;
     let extensions = if header.flavor() == Flavor::Analyze {
         Vec::new()
     } else {
-        parse_extensions(&rest, &header, &hpath)?
+        read_extensions(&mut rest, &mut at, ext_end, &header, &hpath)?
     };
+    if single && file_map.compressed {
+        // The padding before the data is skipped by streaming, never held: this also shows
+        // that the stream reaches vox_offset.
+        skip_to(&mut rest, &mut at, data_offset, &hpath)?;
+    } else if !single && file_map.compressed {
+        let ipath = &file_map.image;
+        let mut image = reader(ipath, true)?;
+        skip_to(&mut *image, &mut 0, data_offset, ipath)?;
+    }
 
     let sidecar_affine = match file_map.sidecar() {
         Some(mat) if header.flavor() == Flavor::Analyze && mat.exists() => {
@@ -239,12 +247,26 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
     Ok(loaded)
 }
 
-fn parse_extensions(
-    bytes: &[u8],
+/// A `vox_offset` at or past this (2^63) cannot be a position in any file.
+const MAX_OFFSET: f64 = 9_223_372_036_854_775_808.0;
+
+/// Reads the extension flag and the extensions from `r`, which is at byte `*at` of the header
+/// file, up to `end` (the data, in a single file) or the end of the stream.
+fn read_extensions(
+    r: &mut dyn Read,
+    at: &mut u64,
+    end: u64,
     header: &Header,
     path: &Path,
 ) -> Result<Vec<Extension>, FormatError> {
-    if bytes.len() < 4 || bytes[0] == 0 {
+    let area_start = *at;
+    let take = |r: &mut dyn Read, at: &mut u64, n: u64| -> Result<Vec<u8>, FormatError> {
+        let bytes = read_up_to(r, n.min(end.saturating_sub(*at)), path)?;
+        *at += bytes.len() as u64;
+        Ok(bytes)
+    };
+    let flag = take(r, at, 4)?;
+    if flag.len() < 4 || flag[0] == 0 {
         return Ok(Vec::new());
     }
     let big = header.order() == super::header::ByteOrder::Big;
@@ -257,12 +279,16 @@ fn parse_extensions(
         }
     };
     let mut exts = Vec::new();
-    let mut at = 4;
-    while at + 8 <= bytes.len() {
-        let esize = int(&bytes[at..at + 4]);
-        let ecode = int(&bytes[at + 4..at + 8]);
+    loop {
+        let here = *at;
+        let head = take(r, at, 8)?;
+        if head.len() < 8 {
+            break;
+        }
+        let esize = int(&head[..4]);
+        let ecode = int(&head[4..]);
         let index = exts.len();
-        if esize == 0 && bytes[at..].iter().all(|&b| b == 0) {
+        if esize == 0 && ecode == 0 {
             break; // zero padding before the data, not an extension
         }
         if esize < 16 || esize % 16 != 0 {
@@ -273,25 +299,44 @@ fn parse_extensions(
                 ),
             ));
         }
-        let end = at as u64 + esize as u64;
-        if end > bytes.len() as u64 {
-            return Err(FormatError::invalid(
+        let past = |what: String| {
+            FormatError::invalid(
                 path,
-                format!(
-                    "extension {index} (esize {esize} at byte {}) runs past the end of the \
-                     extension area ({} bytes)",
-                    at + 348,
-                    bytes.len() + 348 - 4
-                ),
-            ));
+                format!("extension {index} (esize {esize} at byte {here}) runs past {what}"),
+            )
+        };
+        let ext_end = here + esize as u64;
+        if ext_end > end {
+            return Err(past(format!(
+                "the end of the extension area ({} bytes, up to vox_offset {end})",
+                end - area_start
+            )));
+        }
+        let content = take(r, at, esize as u64 - 8)?;
+        if *at < ext_end {
+            return Err(past(format!("the end of the file (byte {at})")));
         }
         exts.push(Extension {
             code: ecode,
-            content: bytes[at + 8..end as usize].to_vec(),
+            content,
         });
-        at = end as usize;
     }
     Ok(exts)
+}
+
+/// Reads and drops bytes until `r` is at byte `to`; an error names the byte the stream ended.
+fn skip_to(r: &mut dyn Read, at: &mut u64, to: u64, path: &Path) -> Result<(), FormatError> {
+    let want = to.saturating_sub(*at);
+    let skipped =
+        io::copy(&mut r.take(want), &mut io::sink()).map_err(|e| stream_error(path, e))?;
+    *at += skipped;
+    if skipped < want {
+        return Err(FormatError::invalid(
+            path,
+            format!("vox_offset {to} is past the end of the gzip stream, which ends at byte {at}"),
+        ));
+    }
+    Ok(())
 }
 
 impl LoadedFile {
@@ -331,23 +376,9 @@ impl LoadedFile {
     pub fn read_data(&self) -> Result<Vec<u8>, FormatError> {
         let path = &self.file_map.image;
         if self.file_map.compressed {
-            let mut r = reader(path, true)?;
-            io::copy(&mut (&mut *r).take(self.data_offset), &mut io::sink())
-                .map_err(|e| stream_error(path, e))?;
-            let data = read_up_to(&mut *r, self.data_len, path)?;
-            if (data.len() as u64) < self.data_len {
-                return Err(FormatError::invalid(
-                    path,
-                    format!(
-                        "file is too short for its data (truncated): {} of {} needs {} bytes, \
-                         the stream holds {}",
-                        shape_text(&self.shape),
-                        self.dtype,
-                        self.data_len,
-                        data.len()
-                    ),
-                ));
-            }
+            // Grows with what the stream really holds, never sized by the header alone.
+            let mut data = Vec::new();
+            self.decompress_data(|bytes| data.extend_from_slice(bytes))?;
             return Ok(data);
         }
         self.check_image_size()?;
@@ -364,25 +395,71 @@ impl LoadedFile {
         Ok(data)
     }
 
+    /// Decompresses the data of a `.gz` original, handing them to `visit` piece by piece. The
+    /// stream is read to its end, for its checksum: a corrupt stream can inflate without an
+    /// error to wrong bytes, which only the checksum shows. A stream that ends or breaks early
+    /// is an error that says at which byte of the data.
+    fn decompress_data(&self, mut visit: impl FnMut(&[u8])) -> Result<(), FormatError> {
+        let path = &self.file_map.image;
+        let mut r = reader(path, true)?;
+        skip_to(&mut *r, &mut 0, self.data_offset, path)?;
+        let mut buf = vec![0; 1 << 16];
+        let mut held = 0u64;
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) if held < self.data_len => return Err(self.stream_ends(held)),
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    let wanted = (self.data_len - held.min(self.data_len)).min(n as u64);
+                    visit(&buf[..wanted as usize]);
+                    held += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && held < self.data_len => {
+                    return Err(self.stream_ends(held));
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::InvalidInput
+                            | io::ErrorKind::InvalidData
+                            | io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    let at = if held < self.data_len {
+                        format!("at byte {held} of the data")
+                    } else {
+                        "after the data".to_string()
+                    };
+                    return Err(FormatError::invalid(
+                        path,
+                        format!("gzip stream is corrupt {at}: {e}"),
+                    ));
+                }
+                Err(e) => return Err(FormatError::io(path, e)),
+            }
+        }
+    }
+
+    fn stream_ends(&self, held: u64) -> FormatError {
+        FormatError::invalid(
+            &self.file_map.image,
+            format!(
+                "gzip stream ends at byte {held} of the data: {} of {} needs {} bytes \
+                 (truncated?)",
+                shape_text(&self.shape),
+                self.dtype,
+                self.data_len
+            ),
+        )
+    }
+
     /// Checks that the data are all there, decompressing a `.gz` stream to its end.
     pub fn check_data(&self) -> Result<(), FormatError> {
         if !self.file_map.compressed {
             return self.check_image_size();
         }
-        let path = &self.file_map.image;
-        let mut r = reader(path, true)?;
-        let total = io::copy(&mut r, &mut io::sink()).map_err(|e| stream_error(path, e))?;
-        if total < self.data_offset + self.data_len {
-            return Err(FormatError::invalid(
-                path,
-                format!(
-                    "file is too short for its data (truncated): needs {} bytes, the stream \
-                     holds {total}",
-                    self.data_offset + self.data_len
-                ),
-            ));
-        }
-        Ok(())
+        self.decompress_data(|_| ())
     }
 }
 
@@ -390,6 +467,10 @@ fn shape_text(shape: &[u64]) -> String {
     let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
     dims.join("x")
 }
+
+/// The most zero padding before the data that a laid-out file keeps from its original's
+/// `vox_offset`.
+const MAX_KEPT_PADDING: u64 = 64 * 1024;
 
 /// The bytes before the data of a single-file image: the header with its single-file magic and
 /// `vox_offset`, the extension flag, the extensions and zero padding.
@@ -399,7 +480,13 @@ pub fn single_file_prefix(header: &Header, extensions: &[Extension]) -> Vec<u8> 
     let needed =
         flavor.min_single_offset() + extensions.iter().map(|e| e.disk_size() as u64).sum::<u64>();
     let kept = header.vox_offset_raw();
-    let offset = if header.is_single_file() && kept.fract() == 0.0 && kept >= needed as f64 {
+    // A larger padding than this is not kept: it would be built here, in memory.
+    let keepable = (needed + MAX_KEPT_PADDING) as f64;
+    let offset = if header.is_single_file()
+        && kept.fract() == 0.0
+        && kept >= needed as f64
+        && kept <= keepable
+    {
         kept as u64
     } else {
         needed.div_ceil(16) * 16
@@ -481,7 +568,7 @@ pub fn save(path: &Path, image: ImageToSave<'_>) -> Result<(), FormatError> {
                 w.write_all(&ext_block)
             })?;
             stage(&map.image, map.compressed, &mut staged, |w| {
-                w.write_all(&vec![0; offset as usize])?;
+                io::copy(&mut io::repeat(0).take(offset), w)?;
                 (image.write_data)(w)
             })?;
             if flavor == Flavor::Analyze
@@ -535,4 +622,22 @@ fn stage(
     let file = buffered.into_inner().map_err(|e| err(e.into_error()))?;
     file.sync_data().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::ByteOrder;
+
+    #[test]
+    fn a_huge_vox_offset_is_not_kept_as_padding_in_memory() {
+        let mut header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+        header.set_single_file(true);
+        header.set_vox_offset(1 << 31);
+        assert_eq!(single_file_prefix(&header, &[]).len(), 352);
+        header.set_vox_offset(4096);
+        let prefix = single_file_prefix(&header, &[]);
+        assert_eq!(prefix.len(), 4096, "a modest padding is kept");
+        assert_eq!(Header::parse(&prefix).unwrap().vox_offset_raw(), 4096.0);
+    }
 }

@@ -300,7 +300,7 @@ impl FileSource {
 
     pub fn check_unchanged(&self) -> io::Result<()> {
         let now = FileIdentity::of(&self.file.metadata()?);
-        if now != self.seen {
+        if !self.seen.same_content(&now) {
             return Err(io::Error::other(format!(
                 "{}: original modified on disk since load",
                 self.path.display()

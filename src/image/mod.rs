@@ -496,7 +496,8 @@ impl Image {
                         "{why}; its data were never loaded"
                     )));
                 }
-                let bytes = loaded.read_data()?;
+                let bytes = read_original(loaded, self.origin.as_deref())
+                    .map_err(ImageError::DataUnavailable)?;
                 if let Some(why) = self.origin.as_ref().and_then(|o| o.check()) {
                     return Err(ImageError::DataUnavailable(format!(
                         "{why} while its data were being read"
@@ -575,6 +576,9 @@ impl Image {
                 if let Some(why) = origin.check() {
                     reasons.push(Reason::OriginalChanged(why.to_string()));
                 }
+                if let Some(why) = origin.unreadable() {
+                    reasons.push(Reason::OriginalUnreadable(why.to_string()));
+                }
             }
         }
         if self.mark == Some(Mark::Dirty) {
@@ -622,6 +626,24 @@ impl Image {
         }
         header
     }
+}
+
+/// The data of a compressed original, read whole. A failure is kept by the origin: the state
+/// names it, and later reads fail with it at once.
+pub fn read_original(
+    loaded: &format::LoadedFile,
+    origin: Option<&Origin>,
+) -> Result<Vec<u8>, String> {
+    if let Some(why) = origin.and_then(Origin::unreadable) {
+        return Err(why.to_string());
+    }
+    loaded.read_data().map_err(|e| {
+        let why = e.to_string();
+        if let Some(origin) = origin {
+            origin.mark_unreadable(why.clone());
+        }
+        why
+    })
 }
 
 /// The numbers of `store` (an original file, or memory) converted from `from` to `to`, in

@@ -7,6 +7,7 @@ use std::fmt;
 pub enum Reason {
     NoOriginal,
     OriginalChanged(String),
+    OriginalUnreadable(String),
     MarkedDirty,
     DataWritten,
     HeaderField(String),
@@ -21,6 +22,7 @@ impl fmt::Display for Reason {
         match self {
             Reason::NoOriginal => f.write_str("not loaded from a file"),
             Reason::OriginalChanged(why) => f.write_str(why),
+            Reason::OriginalUnreadable(why) => write!(f, "data cannot be read: {why}"),
             Reason::MarkedDirty => f.write_str("marked dirty"),
             Reason::DataWritten => f.write_str("data written"),
             Reason::HeaderField(name) => write!(f, "header field {name} changed"),

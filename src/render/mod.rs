@@ -130,7 +130,7 @@ fn decompress(
     if let Some(why) = origin.check() {
         return Err(format!("{why}; its data were never loaded"));
     }
-    let bytes = loaded.read_data().map_err(|e| e.to_string())?;
+    let bytes = crate::image::read_original(loaded, Some(origin))?;
     if let Some(why) = origin.check() {
         return Err(format!("{why} while its data were being read"));
     }

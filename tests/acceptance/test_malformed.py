@@ -29,6 +29,12 @@ CASES = [
     ("analyze_missing_img.hdr", ("no such file", "missing")),
     ("dim0_9.nii", "dim[0]"),
     ("negative_dim.nii", "dim["),
+    ("gz_vox_offset_2g.nii.gz", "past the end of the gzip stream"),
+    ("gz_vox_offset_1e30.nii.gz", "vox_offset"),
+    ("gz_vox_offset_nan.nii.gz", "vox_offset"),
+    ("gz_vox_offset_negative.nii.gz", "vox_offset"),
+    ("gz_ext_esize_2g.nii.gz", "extension 0"),
+    ("gz_dim_huge.nii.gz", "gzip stream ends at byte"),
 ]
 
 

@@ -139,6 +139,24 @@ def main():
     put(b, N1_DIM + 4, "h", -4)  # dim[2]
     write("negative_dim.nii", b)
 
+    # 13. gzip: size fields no larger than what the stream holds may be believed, and nothing
+    # is sized by them before the stream shows it: vox_offset 2**31 (the stream ends long
+    # before), 1e30, NaN and negative; an extension esize of 2**31 - 16 inside a vox_offset
+    # just as large; dims that ask for 2**40 bytes of data from a stream of a few hundred
+    for name, offset in [("gz_vox_offset_2g.nii.gz", 2.0**31), ("gz_vox_offset_1e30.nii.gz", 1e30),
+                         ("gz_vox_offset_nan.nii.gz", float("nan")),
+                         ("gz_vox_offset_negative.nii.gz", -352.0)]:
+        b = nifti1_bytes((4, 4, 4))
+        put(b, N1_VOX_OFFSET, "f", offset)
+        write_gz(name, b)
+    b = nifti1_bytes((2, 2, 2), np.uint8, [(6, b"comment!")])
+    put(b, 352, "i", 2**31 - 16)
+    put(b, N1_VOX_OFFSET, "f", 2.0**31 + 1024)
+    write_gz("gz_ext_esize_2g.nii.gz", b)
+    b = nifti1_bytes((4, 4, 4), np.uint8)
+    put(b, N1_DIM, "8h", 4, 16384, 16384, 4096, 1, 1, 1, 1)  # 2**40 bytes of uint8
+    write_gz("gz_dim_huge.nii.gz", b)
+
 
 if __name__ == "__main__":
     main()
