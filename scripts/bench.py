@@ -132,12 +132,14 @@ class Client:
 # ----------------------------------------------------------------------------- mounts
 
 MOUNTS = []  # every live mount, unmounted by cleanup()
+MOUNT_ROOT = None  # where mount points are made, when not under --workdir (--mount-root)
+UNPRIV_UID = 65534  # the ordinary user of scripts/as-user
 
 
 class Mount:
     def __init__(self, imgfs, workdir, tag):
         self.imgfs = imgfs
-        self.dir = Path(tempfile.mkdtemp(prefix=f"mnt-{tag}-", dir=workdir))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"mnt-{tag}-", dir=MOUNT_ROOT or workdir))
         MOUNTS.append(self)
         run([imgfs, "mount", str(self.dir)])
         c = Client(self.dir)
@@ -325,13 +327,14 @@ def nib_convert_main(argv):
 # ----------------------------------------------------------------------------- results
 
 ROWS = []
+LABEL_SUFFIX = ""  # --label-suffix: marks the rows of a run made as another user
 
 
 def add_row(case, label, imgfs=None, base=None, *, target=None, value=None, res=None,
             notes=(), raw=None):
     """target: ('ratio', x) ratio >= x; ('max', x, unit) value <= x; ('lt', x, unit) value < x.
     imgfs/base: lists of seconds. value: a measured number for absolute targets."""
-    row = {"case": case, "label": label, "imgfs_s": imgfs or [], "base_s": base or [],
+    row = {"case": case, "label": label + LABEL_SUFFIX, "imgfs_s": imgfs or [], "base_s": base or [],
            "target": target, "value": value, "notes": list(notes), "raw": raw or {}}
     if res:
         row.update(res)
@@ -792,6 +795,34 @@ def case_handoff(ctx):
                                     "seconds": time.perf_counter() - t0})
 
 
+def case_unprivileged(ctx):
+    """1-3 as an ordinary user: no CAP_SYS_ADMIN, so no passthrough; clean files forwarded."""
+    # The daemon and every reader run as uid 65534 in a private mount namespace (scripts/as-user):
+    # root cannot read that user's mount, as nobody else can, so the whole cases run there, in a
+    # child run of this script, and their rows join this run's table.
+    if os.geteuid() != 0:
+        log("case unpriv skipped: it needs root to become the ordinary user (scripts/as-user)")
+        return
+    own = ctx.workdir / "unprivileged"
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(mode=0o700)
+    os.chown(own, UNPRIV_UID, UNPRIV_UID)
+    out = own / "rows.json"
+    cmd = [str(REPO / "scripts" / "as-user"), "--expose", str(REPO), "--expose", sys.base_prefix,
+           "--expose", str(ctx.workdir), "--expose", str(ctx.imgfs.parent), "--",
+           sys.executable, str(Path(__file__).resolve()), "--cases", "1,2", "--quick",
+           "--no-verify", "--no-build", "--imgfs", str(ctx.imgfs),
+           "--workdir", str(ctx.workdir), "--mount-root", str(own),
+           "--size-mib", str(ctx.args.size_mib), "--small-count", str(ctx.args.small_count),
+           "--repeat", str(ctx.repeat), "--label-suffix", ", unprivileged", "--json", str(out)]
+    log("running cases 1-3 as uid 65534: " + " ".join(cmd))
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True)
+    if p.returncode != 0 or not out.exists():
+        raise BenchError(f"the unprivileged run failed (exit {p.returncode}):\n{p.stdout[-3000:]}")
+    ROWS.extend(json.loads(out.read_text())["rows"])
+    shutil.rmtree(own, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -830,8 +861,11 @@ def main():
     ap.add_argument("--small-count", type=int, default=10000)
     ap.add_argument("--skip-mrstats", action="store_true")
     ap.add_argument("--skip-handoff", action="store_true")
-    ap.add_argument("--cases", default="1,2,4,5,6,7,handoff",
-                    help="comma-separated subset of 1,2,4,5,6,7,handoff (2 includes 3)")
+    ap.add_argument("--cases", default="1,2,4,5,6,7,handoff,unpriv",
+                    help="comma-separated subset of 1,2,4,5,6,7,handoff,unpriv (2 includes 3; "
+                         "unpriv runs 1-3 as an ordinary user, without passthrough)")
+    ap.add_argument("--mount-root", help="make mount points here (default: under --workdir)")
+    ap.add_argument("--label-suffix", default="", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
                     help="only the issue's images (no extra 256^3 dirty-read rows)")
     ap.add_argument("--no-verify", action="store_true",
@@ -841,6 +875,8 @@ def main():
     ap.add_argument("--json", help="write raw timings here")
     args = ap.parse_args()
     cases = set(args.cases.split(","))
+    global MOUNT_ROOT, LABEL_SUFFIX
+    MOUNT_ROOT, LABEL_SUFFIX = args.mount_root, args.label_suffix
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -873,6 +909,9 @@ def main():
             case_scale(ctx)
         if "handoff" in cases and not args.skip_handoff:
             case_handoff(ctx)
+        if "unpriv" in cases:
+            log("case unpriv: cases 1-3 as an ordinary user (forwarded clean reads)")
+            case_unprivileged(ctx)
     except KeyboardInterrupt:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # let the unmounting finish
