@@ -208,7 +208,10 @@ fn a_datatype_change_of_an_original_converts_on_read_to_what_converting_at_once_
             let mut eager = Image::load(&path).unwrap();
             eager.data().unwrap();
             eager.set_data_dtype(dtype).unwrap();
-            assert!(matches!(eager.store(), imgfs::image::Store::Memory(_)));
+            assert!(
+                matches!(eager.store(), imgfs::image::Store::Converted(_)),
+                "a datatype change of data in memory converts nothing at once either"
+            );
             assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
             let (a, b) = (tmp.path().join("lazy.nii"), tmp.path().join("eager.nii"));
             save_image(&lazy, &a).unwrap();
@@ -225,18 +228,45 @@ fn a_datatype_change_of_an_original_converts_on_read_to_what_converting_at_once_
 }
 
 #[test]
-fn a_second_datatype_change_starts_from_the_first_ones_numbers() {
+fn every_datatype_change_starts_from_the_data_as_they_are() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = floats_file(tmp.path(), ByteOrder::Little);
+    let path = floats_file(tmp.path(), ByteOrder::Big);
+    let mut original = Image::load(&path).unwrap();
+    let values = original.fdata().unwrap();
     let mut lazy = Image::load(&path).unwrap();
     let mut eager = Image::load(&path).unwrap();
     eager.data().unwrap();
     for image in [&mut lazy, &mut eager] {
         image.set_data_dtype(DataType::Int16).unwrap();
         image.set_data_dtype(DataType::Uint8).unwrap();
+        // Taking the array makes the converted numbers, and changes nothing below them.
+        assert_eq!(image.data().unwrap().dtype(), DataType::Uint8);
+        image.set_data_dtype(DataType::Float64).unwrap();
+        let back: Vec<u64> = image.fdata().unwrap().iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert!(
+            back == want,
+            "float64 after int16 and uint8 is not the original values"
+        );
+        image.set_data_dtype(DataType::Float32).unwrap();
+        assert_eq!(image.header().datatype().unwrap(), DataType::Float32);
     }
-    assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
-    assert_eq!(lazy.data().unwrap(), eager.data().unwrap());
+    // Back in the original's own type, a loaded image is its original again.
+    assert!(lazy.state().is_clean(), "{}", lazy.state());
+    assert!(matches!(lazy.store(), imgfs::image::Store::File(_)));
+    // Once written to, the written data are what later changes start from.
+    let mut written = Image::load(&path).unwrap();
+    written.set_data_dtype(DataType::Int16).unwrap();
+    written.data_mut().unwrap().typed_mut::<i16>().unwrap()[0] = 7;
+    let (slope, inter) = written.header().slope_inter().unwrap();
+    written.set_data_dtype(DataType::Float64).unwrap();
+    assert_eq!(written.header().slope_inter(), Some((1.0, 0.0)));
+    let first = written.fdata().unwrap()[0];
+    let want = 7.0 * slope + inter;
+    assert!(
+        (first - want).abs() <= 1e-9 * want.abs(),
+        "{first} vs {want}"
+    );
 }
 
 /// Links planted in a shared directory where `save` writes: at the temporary names earlier
