@@ -181,6 +181,14 @@ impl Image {
     ) -> Result<Image, ImageError> {
         header.set_datatype(data.dtype());
         header.set_shape(data.shape())?;
+        if header.flavor() != Flavor::Analyze
+            && let FieldValue::Floats(slope) = header.get("scl_slope")?
+            && !slope[0].is_finite()
+        {
+            // nibabel's in-memory marker for "no scaling": on disk it writes 1 and 0, and
+            // strict readers scale by a NaN slope.
+            header.set_slope_inter(Some((1.0, 0.0)));
+        }
         if header.flavor() != Flavor::Analyze {
             let code = header.sform_code().max(1);
             header.set_sform(&affine, code);
