@@ -1,6 +1,9 @@
 """What the mount serves for an image handed over from Python is what nibabel's `to_filename`
 of that image stores: datatype, scaling, values, and the header field by field."""
 
+import os
+import subprocess
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -62,3 +65,32 @@ def test_a_new_in_memory_image_is_stored_as_nibabel_stores_it(mount, tmp_path, d
     for field in ("scl_slope", "scl_inter"):
         assert np.isfinite(got[field]), f"{field} served as {got[field]}"
     assert_stored_as_nibabel_stores(served, img, tmp_path)
+
+
+def daemon_rss_anon_kib(mount):
+    """Private memory of the daemon serving `mount` (the shared data it maps are not counted:
+    they are the sender's array, not a copy)."""
+    out = subprocess.run(["pgrep", "-f", f"imgfs mount {mount.dir}"], capture_output=True, text=True)
+    pid = int(out.stdout.split()[0])
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+def test_datatype_changes_of_a_large_in_memory_image_hold_no_copy(mount):
+    size = 128 << 20
+    data = imgfs.empty((128, 128, 64, 32), np.float32)
+    data[...] = np.linspace(-1000, 1000, 128, dtype=np.float32)[:, None, None, None]
+    img = nib.Nifti1Image(data, np.eye(4))
+    path = imgfs.as_filename(img, mount)
+    name = os.path.basename(path)[: -len(".nii")]
+    before = daemon_rss_anon_kib(mount)
+    for dtype in ("int16", "uint8", "float32", "int16"):
+        mount.set(name, datatype=dtype)
+    grew = daemon_rss_anon_kib(mount) - before
+    assert grew < size // 4 // 1024, f"daemon private memory grew by {grew} KiB for 128 MiB"
+    back = nib.load(path).dataobj
+    assert back.dtype == np.int16
+    assert np.allclose(back[:3, 0, 0, 0], data[:3, 0, 0, 0], atol=0.05)
