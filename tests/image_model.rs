@@ -208,7 +208,10 @@ fn a_datatype_change_of_an_original_converts_on_read_to_what_converting_at_once_
             let mut eager = Image::load(&path).unwrap();
             eager.data().unwrap();
             eager.set_data_dtype(dtype).unwrap();
-            assert!(matches!(eager.store(), imgfs::image::Store::Memory(_)));
+            assert!(
+                matches!(eager.store(), imgfs::image::Store::Converted(_)),
+                "a datatype change of data in memory converts nothing at once either"
+            );
             assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
             let (a, b) = (tmp.path().join("lazy.nii"), tmp.path().join("eager.nii"));
             save_image(&lazy, &a).unwrap();
@@ -225,16 +228,106 @@ fn a_datatype_change_of_an_original_converts_on_read_to_what_converting_at_once_
 }
 
 #[test]
-fn a_second_datatype_change_starts_from_the_first_ones_numbers() {
+fn every_datatype_change_starts_from_the_data_as_they_are() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = floats_file(tmp.path(), ByteOrder::Little);
+    let path = floats_file(tmp.path(), ByteOrder::Big);
+    let mut original = Image::load(&path).unwrap();
+    let values = original.fdata().unwrap();
     let mut lazy = Image::load(&path).unwrap();
     let mut eager = Image::load(&path).unwrap();
     eager.data().unwrap();
     for image in [&mut lazy, &mut eager] {
         image.set_data_dtype(DataType::Int16).unwrap();
         image.set_data_dtype(DataType::Uint8).unwrap();
+        // Taking the array makes the converted numbers, and changes nothing below them.
+        assert_eq!(image.data().unwrap().dtype(), DataType::Uint8);
+        image.set_data_dtype(DataType::Float64).unwrap();
+        let back: Vec<u64> = image.fdata().unwrap().iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u64> = values.iter().map(|v| v.to_bits()).collect();
+        assert!(
+            back == want,
+            "float64 after int16 and uint8 is not the original values"
+        );
+        image.set_data_dtype(DataType::Float32).unwrap();
+        assert_eq!(image.header().datatype().unwrap(), DataType::Float32);
     }
-    assert_eq!(lazy.header().slope_inter(), eager.header().slope_inter());
-    assert_eq!(lazy.data().unwrap(), eager.data().unwrap());
+    // Back in the original's own type, a loaded image is its original again.
+    assert!(lazy.state().is_clean(), "{}", lazy.state());
+    assert!(matches!(lazy.store(), imgfs::image::Store::File(_)));
+    // Once written to, the written data are what later changes start from.
+    let mut written = Image::load(&path).unwrap();
+    written.set_data_dtype(DataType::Int16).unwrap();
+    written.data_mut().unwrap().typed_mut::<i16>().unwrap()[0] = 7;
+    let (slope, inter) = written.header().slope_inter().unwrap();
+    written.set_data_dtype(DataType::Float64).unwrap();
+    assert_eq!(written.header().slope_inter(), Some((1.0, 0.0)));
+    let first = written.fdata().unwrap()[0];
+    let want = 7.0 * slope + inter;
+    assert!(
+        (first - want).abs() <= 1e-9 * want.abs(),
+        "{first} vs {want}"
+    );
+}
+
+/// Links planted in a shared directory where `save` writes: at the temporary names earlier
+/// versions used (`.NAME.imgfs-PID.tmp`, guessable from the daemon's pid) and at the target
+/// name itself. None of them may be written through.
+#[test]
+fn save_never_writes_through_a_planted_link() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"the user's own file").unwrap();
+    let source = saved(tmp.path(), "source.nii", vec![]);
+    let image = Image::load(&source).unwrap();
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let pid = std::process::id();
+    for name in ["out.nii", "pair.hdr", "pair.img", "gz.nii.gz"] {
+        for planted in [
+            format!(".{name}.imgfs-{pid}.tmp"),
+            format!(".{name}.imgfs-tmp"),
+            format!(".{name}.tmp"),
+        ] {
+            symlink(&victim, shared.join(planted)).unwrap();
+        }
+    }
+    // The target itself a link: it is replaced by the saved file, the file it named is left
+    // alone (a save into a shared directory must not be steered elsewhere).
+    symlink(&victim, shared.join("out.nii")).unwrap();
+    for name in ["out.nii", "pair.hdr", "gz.nii.gz"] {
+        save_image(&image, &shared.join(name)).unwrap();
+    }
+    assert_eq!(fs::read(&victim).unwrap(), b"the user's own file");
+    let out = shared.join("out.nii");
+    assert!(fs::symlink_metadata(&out).unwrap().file_type().is_file());
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&source).unwrap());
+    let mut pair = Image::load(&shared.join("pair.hdr")).unwrap();
+    let mut gz = Image::load(&shared.join("gz.nii.gz")).unwrap();
+    let mut original = Image::load(&source).unwrap();
+    let values = original.fdata().unwrap();
+    assert_eq!(pair.fdata().unwrap(), values);
+    assert_eq!(gz.fdata().unwrap(), values);
+    // Only the saved files and the planted links are left: no temporary file, and the files
+    // have the usual mode (0666 less the umask), not a temporary file's 0600.
+    let mut names: Vec<String> = fs::read_dir(&shared)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["gz.nii.gz", "out.nii", "pair.hdr", "pair.img"]);
+    let hidden = fs::read_dir(&shared).unwrap().filter(|e| {
+        let e = e.as_ref().unwrap();
+        e.file_name().to_string_lossy().starts_with('.') && !e.file_type().unwrap().is_symlink()
+    });
+    assert_eq!(hidden.count(), 0, "a temporary file was left behind");
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    let mode = fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666 & !umask);
 }

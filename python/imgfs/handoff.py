@@ -231,7 +231,6 @@ def _wire_parts(img, memo):
     hdr["magic"] = hdr.single_magic  # served as one .nii file, whatever the original was
     affine = img.affine if img.affine is not None else hdr.get_best_affine()
 
-    retype = None
     cache = getattr(img, "_fdata_cache", None)
     if cache is not None and not _cache_matches(img, cache, memo):
         data = cache
@@ -246,11 +245,17 @@ def _wire_parts(img, memo):
         elif data.dtype == np.float16:
             data = data.astype(np.float32)
         hdr.set_slope_inter(None, None)
-        wanted = np.dtype(img.get_data_dtype())
-        if wanted.newbyteorder("=") != data.dtype.newbyteorder("="):
-            retype = wanted
+    # the type to store is the header's (set_data_dtype), whatever the sent numbers' type:
+    # the daemon converts them with nibabel's scaling rules, as to_filename would
+    # (a written-to fdata cache excepted: nibabel would not save it, and its values go as sent)
+    wanted = np.dtype(img.get_data_dtype())
+    retype = None
+    if data is not cache and wanted.newbyteorder("=") != data.dtype.newbyteorder("="):
+        retype = wanted
     hdr.set_data_dtype(data.dtype)
+    pixdim = hdr["pixdim"].copy()
     hdr.set_data_shape(data.shape)
+    hdr["pixdim"] = pixdim  # set_data_shape resets the unused slots; to_filename keeps them
     extensions = [(ext.get_code(), _ext_bytes(ext)) for ext in getattr(hdr, "extensions", ())]
     return hdr.binaryblock, affine, extensions, data, retype
 

@@ -6,11 +6,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
+use tempfile::NamedTempFile;
 
 use super::affine::{self, Affine};
 use super::dtype::DataType;
@@ -530,8 +532,10 @@ pub struct ImageToSave<'a> {
     pub write_data: &'a mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
 }
 
-/// Writes an image to the files its name calls for. Each file is written to a temporary name
-/// and renamed into place, so a failed save leaves no half-written image.
+/// Writes an image to the files its name calls for. Each file is written to a temporary file
+/// created exclusively under a random name in the target directory, then renamed into place,
+/// so a failed save leaves no half-written image and a link planted in a shared directory is
+/// never written through: a symbolic link at the target name is replaced, not followed.
 pub fn save(path: &Path, image: ImageToSave<'_>) -> Result<(), FormatError> {
     let map = FileMap::from_path(path)?;
     let mut header = image.header.clone();
@@ -542,7 +546,7 @@ pub fn save(path: &Path, image: ImageToSave<'_>) -> Result<(), FormatError> {
             "an Analyze image cannot be written as a single .nii file; convert it to NIfTI first",
         ));
     }
-    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut staged: Vec<(NamedTempFile, PathBuf)> = Vec::new();
     let result = (|| {
         if map.is_single() {
             let prefix = single_file_prefix(&header, image.extensions);
@@ -581,36 +585,40 @@ pub fn save(path: &Path, image: ImageToSave<'_>) -> Result<(), FormatError> {
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => {
-            for (tmp, dest) in &staged {
-                fs::rename(tmp, dest).map_err(|e| FormatError::io(dest, e))?;
-            }
-            Ok(())
-        }
-        Err(e) => {
-            for (tmp, _) in &staged {
-                let _ = fs::remove_file(tmp);
-            }
-            Err(e)
-        }
+    // On an error the staged files are dropped, which removes them.
+    result?;
+    for (tmp, dest) in staged {
+        tmp.persist(&dest)
+            .map_err(|e| FormatError::io(&dest, e.error))?;
     }
+    Ok(())
 }
 
 fn stage(
     dest: &Path,
     compressed: bool,
-    staged: &mut Vec<(PathBuf, PathBuf)>,
+    staged: &mut Vec<(NamedTempFile, PathBuf)>,
     body: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), FormatError> {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dest.with_file_name(format!(".{name}.imgfs-{}.tmp", std::process::id()));
-    let file = File::create(&tmp).map_err(|e| FormatError::io(&tmp, e))?;
-    staged.push((tmp.clone(), dest.to_path_buf()));
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let err = |e| FormatError::io(dest, e);
+    // O_EXCL under a random name: nothing planted in a shared directory can be opened in its
+    // place. Mode 0666 less the umask, as for any file the user creates.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".imgfs-tmp")
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(err)?;
+    let file = tmp.as_file().try_clone().map_err(err)?;
+    staged.push((tmp, dest.to_path_buf()));
     let mut buffered = BufWriter::with_capacity(1 << 20, file);
     if compressed {
         let mut gz = GzEncoder::new(&mut buffered, Compression::new(1));

@@ -310,17 +310,70 @@ impl FileSource {
     }
 }
 
-/// An original's numbers seen in another encoding.
+/// The data as they are, before any datatype change: the original file's numbers, or an
+/// array in memory (loaded, handed over, or written to). Every datatype change converts from
+/// here, never from an earlier change's rounded numbers.
+#[derive(Clone, Debug)]
+pub enum Base {
+    File(Arc<FileSource>),
+    Memory(Arc<VoxelBuffer>),
+}
+
+impl Base {
+    /// Fills `buf` with the stored numbers from byte `at`, in native byte order (swapped as
+    /// units of `width` bytes).
+    pub fn read_native(&self, buf: &mut [u8], at: u64, width: usize) -> io::Result<()> {
+        match self {
+            Base::File(source) => source.read_native(buf, at, width),
+            Base::Memory(data) => {
+                let at = at as usize;
+                buf.copy_from_slice(&data.bytes()[at..at + buf.len()]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether both are the very same data (not merely equal bytes).
+    pub fn is(&self, other: &Base) -> bool {
+        match (self, other) {
+            (Base::File(a), Base::File(b)) => Arc::ptr_eq(a, b),
+            (Base::Memory(a), Base::Memory(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// The store that serves the base unchanged.
+    pub fn store(&self) -> Store {
+        match self {
+            Base::File(source) => Store::File(source.clone()),
+            Base::Memory(data) => Store::Memory(data.clone()),
+        }
+    }
+}
+
+/// A base's numbers seen in another encoding, converted by range when read.
 #[derive(Debug)]
 pub struct Conversion {
-    pub source: Arc<FileSource>,
+    pub base: Base,
     pub from: Encoding,
     pub to: Encoding,
     /// The range of the values, which bounds the converted numbers as nibabel's writer does.
     pub values: Option<ValueRange>,
+    /// The whole converted array, made only when a caller asks for the array.
+    pub materialized: std::sync::OnceLock<Arc<VoxelBuffer>>,
 }
 
 impl Conversion {
+    pub fn new(base: Base, from: Encoding, to: Encoding, values: Option<ValueRange>) -> Self {
+        Conversion {
+            base,
+            from,
+            to,
+            values,
+            materialized: std::sync::OnceLock::new(),
+        }
+    }
+
     /// Fills `out` (whole elements of the new type, native byte order) with the converted
     /// numbers from element `first` on.
     pub fn read(&self, out: &mut [u8], first: u64) -> io::Result<()> {
@@ -333,7 +386,7 @@ impl Conversion {
         STORED.with_borrow_mut(|stored| {
             stored.resize(count * in_unit, 0);
             let width = self.from.dtype.swap_width();
-            self.source
+            self.base
                 .read_native(stored, first * in_unit as u64, width)?;
             super::convert::convert_into(
                 stored,
@@ -353,8 +406,8 @@ impl Conversion {
 pub enum Store {
     /// Still in the uncompressed original; read by range.
     File(Arc<FileSource>),
-    /// Still in the uncompressed original, in the data type it had there: converted by range
-    /// when read (after a data type change), so converting holds no memory.
+    /// A base (the original file or memory) in another encoding: converted by range when read
+    /// (after a data type change), so converting holds no memory.
     Converted(Arc<Conversion>),
     /// In a compressed original or one not open: must be loaded before use.
     Unloaded,

@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use convert::Encoding;
-pub use data::{Element, FileSource, Store, VoxelBuffer};
+pub use data::{Base, Element, FileSource, Store, VoxelBuffer};
 pub use origin::{FileIdentity, Origin};
 pub use state::{DirtyState, Reason};
 
+use crate::format::header::FieldValue;
 use crate::format::{self, Affine, DataType, Extension, Flavor, FormatError, Header};
 use convert::ValueRange;
 
@@ -98,6 +99,12 @@ pub struct Image {
     mark: Option<Mark>,
     changed_at: SystemTime,
     generation: u64,
+    /// The value range of a base in an encoding, computed once and reused by every datatype
+    /// change of that base.
+    base_range: Option<(Base, Encoding, ValueRange)>,
+    /// The header's `scl_slope` and `scl_inter` as they were for the base, restored when a
+    /// change goes back to the base's own type.
+    base_scaling: Option<(FieldValue, FieldValue)>,
 }
 
 impl Image {
@@ -160,6 +167,8 @@ impl Image {
             large_extensions_out: BTreeSet::new(),
             mark: None,
             generation: 0,
+            base_range: None,
+            base_scaling: None,
         })
     }
 
@@ -172,6 +181,14 @@ impl Image {
     ) -> Result<Image, ImageError> {
         header.set_datatype(data.dtype());
         header.set_shape(data.shape())?;
+        if header.flavor() != Flavor::Analyze
+            && let FieldValue::Floats(slope) = header.get("scl_slope")?
+            && !slope[0].is_finite()
+        {
+            // nibabel's in-memory marker for "no scaling": on disk it writes 1 and 0, and
+            // strict readers scale by a NaN slope.
+            header.set_slope_inter(Some((1.0, 0.0)));
+        }
         if header.flavor() != Flavor::Analyze {
             let code = header.sform_code().max(1);
             header.set_sform(&affine, code);
@@ -192,6 +209,8 @@ impl Image {
             mark: None,
             changed_at: SystemTime::now(),
             generation: 0,
+            base_range: None,
+            base_scaling: None,
         })
     }
 
@@ -304,10 +323,18 @@ impl Image {
             self.dtype,
             self.shape.clone(),
             self.store.clone(),
+            self.base_scaling.clone(),
         );
         for (name, value) in edits {
             if let Err(e) = self.set_field(name, value) {
-                (self.header, self.affine, self.dtype, self.shape, self.store) = saved;
+                (
+                    self.header,
+                    self.affine,
+                    self.dtype,
+                    self.shape,
+                    self.store,
+                    self.base_scaling,
+                ) = saved;
                 return Err(e);
             }
         }
@@ -328,77 +355,104 @@ impl Image {
     }
 
     /// nibabel's `set_data_dtype`, applied as nibabel's save would: the new type, with the
-    /// scaling nibabel's array writer would choose (one pass over the values for their range),
-    /// goes into the header. Data still in an uncompressed original stay there and are
-    /// converted by range when read, so the change holds no memory; data in memory are
-    /// converted at once, on two threads. The values a reader sees stay the same, up to the
-    /// new type's precision.
+    /// scaling nibabel's array writer would choose, goes into the header. As in nibabel, the
+    /// data stay as they are (the original's numbers, or the array in memory): the change is a
+    /// view of them in the new type, converted by range when read, so it holds no memory, and
+    /// every later change starts from the same data, never from this one's rounded numbers.
+    /// The value range nibabel's scaling needs takes one pass over the data, once per base.
     pub fn set_data_dtype(&mut self, dtype: DataType) -> Result<(), ImageError> {
-        if let Store::Converted(_) = self.store {
-            // A second change starts from the first one's numbers.
-            self.data()?;
-        }
-        let from = self.encoding();
-        if from.dtype == dtype {
+        if self.dtype == dtype {
             return Ok(());
         }
-        let range = if convert::needs_range(from, dtype) {
-            Some(self.value_range()?)
-        } else {
-            None
-        };
-        let target = convert::target_encoding(from, dtype, range)?;
-        self.store = match &self.store {
-            Store::File(source) => Store::Converted(Arc::new(data::Conversion {
-                source: source.clone(),
-                from,
-                to: target,
-                values: range,
-            })),
-            _ => {
-                self.data()?;
-                let converted = convert_all(&self.store, from, target, range, &self.shape)
-                    .map_err(|e| self.data_error(e.to_string()))?;
-                Store::Memory(Arc::new(converted))
+        let (base, from) = self.base()?;
+        if from.dtype == dtype {
+            // Back to the base's own type: served as it is, with its own scaling.
+            self.store = base.store();
+            if let Some((slope, inter)) = self.base_scaling.take() {
+                self.header.set("scl_slope", &slope)?;
+                self.header.set("scl_inter", &inter)?;
+            } else {
+                self.header.set_slope_inter(from.scaling);
             }
-        };
+        } else {
+            let range = if convert::needs_range(from, dtype) {
+                Some(self.value_range(&base, from)?)
+            } else {
+                None
+            };
+            let target = convert::target_encoding(from, dtype, range)?;
+            if !matches!(self.store, Store::Converted(_)) {
+                self.base_scaling =
+                    Some((self.header.get("scl_slope")?, self.header.get("scl_inter")?));
+            }
+            self.store =
+                Store::Converted(Arc::new(data::Conversion::new(base, from, target, range)));
+            // No scaling is written as nibabel writes it, 1 and 0: a NaN slope is nibabel's
+            // in-memory marker, and strict readers scale by it.
+            self.header
+                .set_slope_inter(Some(target.scaling.unwrap_or((1.0, 0.0))));
+        }
         self.dtype = dtype;
         self.header.set_datatype(dtype);
-        self.header.set_slope_inter(target.scaling);
         self.touch();
         Ok(())
     }
 
-    /// The finite range of the values, in one pass over the stored data (not loading them),
-    /// split over two threads.
-    fn value_range(&mut self) -> Result<ValueRange, ImageError> {
-        let from = self.encoding();
+    /// The data as they are and how their numbers read: what a datatype change converts from.
+    /// A compressed original is loaded first; a conversion whose scaling was edited since
+    /// (`scl_slope`, `scl_inter`) is taken as new data, as it now reads.
+    fn base(&mut self) -> Result<(Base, Encoding), ImageError> {
+        if matches!(self.store, Store::Unloaded) {
+            self.data()?;
+        }
+        if let Store::Converted(c) = &self.store
+            && self.encoding() != c.to
+        {
+            let data = self.materialize()?;
+            self.store = Store::Memory(data);
+            self.base_scaling = None;
+        }
+        Ok(match &self.store {
+            Store::File(source) => (Base::File(source.clone()), self.encoding()),
+            Store::Memory(data) => (Base::Memory(data.clone()), self.encoding()),
+            Store::Converted(c) => (c.base.clone(), c.from),
+            Store::Unloaded => unreachable!("loaded above"),
+        })
+    }
+
+    /// The finite range of a base's values, in one pass over the stored data (not loading
+    /// them), split over two threads; remembered for the next change of the same base.
+    fn value_range(&mut self, base: &Base, from: Encoding) -> Result<ValueRange, ImageError> {
+        if let Some((b, e, range)) = &self.base_range
+            && b.is(base)
+            && *e == from
+        {
+            return Ok(*range);
+        }
         if from.dtype.is_complex() {
             // Refused later by target_encoding; no need to read anything.
             return Ok(ValueRange::default());
         }
-        let stored = match &self.store {
-            Store::File(source) => {
-                let source = source.clone();
+        let stored = match base {
+            Base::File(source) => {
                 let unit = from.dtype.size() as u64;
                 let half = (source.len / unit / 2) * unit;
                 let ranges = std::thread::scope(|s| {
-                    let parts = [(0, half), (half, source.len)].map(|(a, b)| {
-                        let source = &source;
-                        s.spawn(move || file_range(source, from.dtype, a, b))
-                    });
+                    let parts = [(0, half), (half, source.len)]
+                        .map(|(a, b)| s.spawn(move || file_range(source, from.dtype, a, b)));
                     parts.map(|p| p.join().expect("range thread"))
                 });
                 let [a, b] = ranges;
                 a.and_then(|a| b.map(|b| a.merge(b)))
                     .map_err(|e| self.data_error(e.to_string()))?
             }
-            _ => {
-                let data = self.data()?;
+            Base::Memory(data) => {
                 convert::stored_range(from.dtype, format::ByteOrder::native(), data.bytes())
             }
         };
-        Ok(stored.scaled(from.scaling))
+        let range = stored.scaled(from.scaling);
+        self.base_range = Some((base.clone(), from, range));
+        Ok(range)
     }
 
     /// Visits the stored data in chunks of whole elements, in the byte order they are held.
@@ -417,6 +471,19 @@ impl Image {
         Ok(())
     }
 
+    /// The converted array of a conversion, made once and kept with it.
+    fn materialize(&self) -> Result<Arc<VoxelBuffer>, ImageError> {
+        let Store::Converted(c) = &self.store else {
+            unreachable!("only conversions are materialized")
+        };
+        if let Some(data) = c.materialized.get() {
+            return Ok(data.clone());
+        }
+        let data = convert_all(&c.base, c.from, c.to, c.values, &self.shape)
+            .map_err(|e| self.data_error(e.to_string()))?;
+        Ok(c.materialized.get_or_init(|| Arc::new(data)).clone())
+    }
+
     fn data_error(&self, why: String) -> ImageError {
         if let Some(origin) = &self.origin {
             origin.mark_lost(why.clone());
@@ -425,20 +492,31 @@ impl Image {
     }
 
     /// The voxel array, loaded on first use. Reading never dirties the image.
+    /// After a datatype change the converted array is made and kept beside the data as they
+    /// are, which later changes still convert from.
     pub fn data(&mut self) -> Result<&VoxelBuffer, ImageError> {
-        if !matches!(self.store, Store::Memory(_)) {
+        if let Store::Converted(_) = self.store {
+            self.materialize()?;
+        } else if !matches!(self.store, Store::Memory(_)) {
             let buffer = self.read_stored()?;
             self.store = Store::Memory(Arc::new(buffer));
         }
         match &self.store {
             Store::Memory(buffer) => Ok(buffer),
+            Store::Converted(c) => Ok(c.materialized.get().expect("materialized above")),
             _ => unreachable!("just loaded"),
         }
     }
 
     /// The voxel array for writing: the image is dirty from now on. If a served version still
     /// shares the array, it is copied first so that version's readers see no change.
+    /// Written data are the data as they are from now on: a later datatype change converts
+    /// from them.
     pub fn data_mut(&mut self) -> Result<&mut VoxelBuffer, ImageError> {
+        if let Store::Converted(_) = self.store {
+            self.store = Store::Memory(self.materialize()?);
+            self.base_scaling = None;
+        }
         self.data()?;
         self.data_written = true;
         self.touch();
@@ -472,11 +550,7 @@ impl Image {
         let dtype = self.dtype;
         match &self.store {
             Store::Memory(buffer) => Ok((**buffer).clone()),
-            Store::Converted(c) => {
-                let original = Store::File(c.source.clone());
-                convert_all(&original, c.from, c.to, c.values, &self.shape)
-                    .map_err(|e| self.data_error(e.to_string()))
-            }
+            Store::Converted(_) => Ok((*self.materialize()?).clone()),
             Store::File(source) => {
                 let mut bytes = vec![0; source.len as usize];
                 source
@@ -646,10 +720,10 @@ pub fn read_original(
     })
 }
 
-/// The numbers of `store` (an original file, or memory) converted from `from` to `to`, in
-/// memory in native byte order, on two threads.
+/// The numbers of a base converted from `from` to `to`, in memory in native byte order, on
+/// two threads.
 fn convert_all(
-    store: &Store,
+    base: &Base,
     from: Encoding,
     to: Encoding,
     values: Option<ValueRange>,
@@ -663,21 +737,9 @@ fn convert_all(
         for (i, dst) in dst.chunks_mut(chunk_voxels * out_unit).enumerate() {
             let n = dst.len() / out_unit;
             let at = ((first_voxel + i * chunk_voxels) * in_unit) as u64;
-            let (src, order): (&[u8], format::ByteOrder) = match store {
-                Store::File(source) => {
-                    buf.resize(n * in_unit, 0);
-                    source.read_native(&mut buf, at, from.dtype.swap_width())?;
-                    (&buf, format::ByteOrder::native())
-                }
-                Store::Memory(data) => (
-                    &data.bytes()[at as usize..at as usize + n * in_unit],
-                    format::ByteOrder::native(),
-                ),
-                Store::Converted(_) | Store::Unloaded => {
-                    unreachable!("callers hand over an original file or memory")
-                }
-            };
-            convert::convert_into(src, order, from, to, values, dst);
+            buf.resize(n * in_unit, 0);
+            base.read_native(&mut buf, at, from.dtype.swap_width())?;
+            convert::convert_into(&buf, format::ByteOrder::native(), from, to, values, dst);
         }
         Ok(())
     };
