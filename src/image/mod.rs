@@ -698,6 +698,14 @@ impl Image {
         if self.header.flavor() == Flavor::Analyze && flavor != Flavor::Analyze {
             header.set_sform(&self.affine, 2);
         }
+        if flavor != Flavor::Analyze
+            && let Some(scaling) = header.slope_inter()
+        {
+            // A valid slope with a NaN or infinite intercept reads here (and in the NIfTI C
+            // library) as intercept 0, but nibabel refuses such a file: write the scaling as it
+            // is read. Finite scale factors are written back unchanged.
+            header.set_slope_inter(Some(scaling));
+        }
         header
     }
 }

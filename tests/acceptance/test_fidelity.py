@@ -152,3 +152,24 @@ def test_datatype_changes_of_a_large_original_hold_no_copy_of_its_data(mnt, tmp_
         assert np.allclose(got, np.linspace(-1000, 1000, 1 << 20)[:4], atol=0.05)
     finally:
         mnt("rm", "large")
+
+
+@pytest.mark.parametrize("inter", [float("nan"), float("inf"), float("-inf")])
+def test_a_valid_slope_with_a_non_finite_intercept_is_served_as_it_reads(mnt, tmp_path, inter):
+    """imgfs (as the NIfTI C library) reads a non-finite intercept beside a valid slope as 0;
+    nibabel refuses such a file, so a rendered file carries the intercept as it is read."""
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_slope_inter(2.0, 0.0)
+    src = str(tmp_path / "src.nii")
+    img.to_filename(src)
+    with open(src, "r+b") as f:  # scl_inter is the float32 at byte 116
+        f.seek(116)
+        f.write(np.float32(inter).tobytes())
+    name = f"inter{abs(hash(str(inter))) % 1000}"
+    ok(mnt("add", f"{name}={src}"))
+    ok(mnt("set", name, "descrip=edited"))
+    served = nib.load(str(mnt.path / f"{name}.nii"))
+    assert served.dataobj.slope == 2.0 and served.dataobj.inter == 0.0
+    np.testing.assert_array_equal(served.get_fdata(), data * 2.0)
+    ok(mnt("rm", name))
