@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -137,7 +137,7 @@ fn handle(
 ) -> Result<Value, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match request {
-        Request::Ping => json!({
+        Request::Ping {} => json!({
             "mount": catalog.mount_dir(),
             "pid": std::process::id(),
         }),
@@ -159,7 +159,7 @@ fn handle(
             };
             to_value(catalog.add(&name, &path).map_err(|e| text(&e))?)
         }
-        Request::Ls => json!({"images": catalog.list()}),
+        Request::Ls {} => json!({"images": catalog.list()}),
         Request::Show { name } => show(catalog, &name)?,
         Request::Set { name, fields } => {
             let edits: Vec<(String, String)> = fields
@@ -242,7 +242,7 @@ fn handle(
             };
             to_value(summary.map_err(|e| text(&e))?)
         }
-        Request::Stats => {
+        Request::Stats {} => {
             let s = &catalog.stats;
             json!({
                 "passthrough_opens": s.passthrough_opens.load(Ordering::Relaxed),
@@ -253,7 +253,7 @@ fn handle(
                 "kernel_held_versions": catalog.kernel_held_versions(),
             })
         }
-        Request::Shutdown => json!({"shutting_down": true}),
+        Request::Shutdown {} => json!({"shutting_down": true}),
     })
 }
 
@@ -307,13 +307,56 @@ fn image_from_wire(
         })
         .collect::<Result<Vec<_>, String>>()?;
     let file = std::fs::File::from(fd);
-    // SAFETY: the client hands over a memfd it no longer writes to; a concurrent writer could
-    // only change the voxel values we serve, never memory safety of our own data structures,
-    // as the map is read through plain byte copies.
+    check_sealed(&file)?;
+    // SAFETY: `check_sealed` saw F_SEAL_SHRINK, and a seal can never be removed: the memfd keeps
+    // at least the length mapped here for the map's whole life, so no read of it can fault
+    // (SIGBUS). The client may still write to it; that changes the voxel values served, never
+    // our own memory, as the map is only read through plain byte copies.
     let map =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map the data: {e}"))?;
-    let data = VoxelBuffer::mapped(dtype, shape, map, data_offset as usize)?;
+    let data = VoxelBuffer::mapped(dtype, shape, map, data_offset)?;
     Image::from_parts(header, affine, extensions, data).map_err(|e| e.to_string())
+}
+
+/// Refuses a put's descriptor unless it is a memfd sealed against shrinking: a mapping of a
+/// file that can shrink kills its reader with SIGBUS, and that reader would be the daemon.
+fn check_sealed(file: &std::fs::File) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = file
+        .metadata()
+        .map_err(|e| format!("the descriptor sent with put cannot be examined: {e}"))?
+        .file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a pipe"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "the descriptor sent with put is {what}, not a memfd holding the data"
+        ));
+    }
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(format!(
+            "the descriptor sent with put is not a memfd that allows sealing ({}): create it \
+             with MFD_ALLOW_SEALING and add F_SEAL_SHRINK",
+            io::Error::last_os_error()
+        ));
+    }
+    if seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(
+            "the memfd sent with put is not sealed against shrinking: add F_SEAL_SHRINK \
+             (fcntl F_ADD_SEALS) before sending it"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Removes the socket when the daemon stops.
