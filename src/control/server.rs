@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -22,6 +22,14 @@ use crate::image::{Image, VoxelBuffer};
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
+
+/// Connections served at once. Each holds a thread and up to a read buffer and a line, so a
+/// client opening thousands would exhaust threads and memory; those past the cap get a refusal
+/// line and are closed, and a slot frees as soon as a connection ends.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors one request line may bring before its newline; `put` needs one.
+const MAX_LINE_FDS: usize = 16;
 
 /// What the daemon does on `shutdown`.
 pub type Shutdown = Arc<dyn Fn() + Send + Sync>;
@@ -51,20 +59,77 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("imgfs-control".into())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE) fails every accept until one closes:
+                        // pause instead of spinning.
+                        log::warn!("control socket: accept failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    refuse(
+                        &stream,
+                        &format!(
+                            "too many connections to this mount ({MAX_CONNECTIONS} at once); \
+                             close some and retry"
+                        ),
+                    );
+                    continue;
+                }
+                let slot = Slot(active.clone());
                 let catalog = catalog.clone();
                 let shutdown = shutdown.clone();
-                let _ = std::thread::Builder::new()
-                    .name("imgfs-conn".into())
-                    .spawn(move || serve_connection(stream, &catalog, shutdown.as_ref()));
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("imgfs-conn".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            // A panic outside a request's own handler (which `respond` catches)
+                            // ends this connection only.
+                            let served =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    serve_connection(stream, &catalog, shutdown.as_ref())
+                                }));
+                            if served.is_err() {
+                                log::error!(
+                                    "control connection ended by an internal error (panic)"
+                                );
+                            }
+                        });
+                if let Err(e) = spawned {
+                    log::warn!("control socket: cannot start a connection thread: {e}");
+                }
             }
         })?;
     Ok(())
 }
 
+/// One of the `MAX_CONNECTIONS` places, given back when the connection's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection that will not be served with one error line.
+fn refuse(stream: &UnixStream, message: &str) {
+    let out = json!({"ok": false, "error": message});
+    let _ = fdpass::send_with_fds(stream, format!("{out}\n").as_bytes(), &[]);
+}
+
 fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shutdown>) {
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` is known to hold no newline: each byte is searched once, so a long
+    // line costs linear time.
+    let mut searched = 0;
     // Bytes of the stream consumed before `pending` starts.
     let mut consumed: u64 = 0;
     // Each descriptor with the stream position of the first byte it arrived with: it belongs
@@ -72,7 +137,9 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
     let mut fds: VecDeque<(u64, OwnedFd)> = VecDeque::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        while let Some(found) = pending[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + found;
+            searched = 0;
             let line: Vec<u8> = pending.drain(..=end).collect();
             consumed += line.len() as u64;
             let mut line_fds = VecDeque::new();
@@ -92,9 +159,23 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
                 stop();
             }
         }
+        searched = pending.len();
         if pending.len() > MAX_LINE {
-            let out = json!({"ok": false, "error": "request line too long"});
-            let _ = fdpass::send_with_fds(&stream, format!("{out}\n").as_bytes(), &[]);
+            // The connection closes: what the client still sends of this line goes nowhere.
+            refuse(
+                &stream,
+                &format!("request line too long (over {MAX_LINE} bytes); connection closed"),
+            );
+            return;
+        }
+        if fds.len() > MAX_LINE_FDS {
+            refuse(
+                &stream,
+                &format!(
+                    "more than {MAX_LINE_FDS} file descriptors sent with one request line; \
+                     connection closed"
+                ),
+            );
             return;
         }
         match fdpass::recv_with_fds(&stream, &mut buf) {
@@ -261,6 +342,9 @@ fn show(catalog: &Catalog, name: &str) -> Result<Value, String> {
     let summary = catalog.summary(name).map_err(|e| e.to_string())?;
     let (fields, affine, extensions) = catalog
         .edit(name, |img| {
+            // Inside the edit, with the image's lock held: a test shows a panic here leaves the
+            // image usable.
+            crate::fault::panic_if_asked(|| Some(name.to_string()));
             let exts: Vec<Value> = img
                 .extensions()
                 .iter()
