@@ -633,7 +633,6 @@ impl Catalog {
     }
 
     /// The image whose current version has inode `ino` (a slow scan: for the test-only panic).
-    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     fn name_of_version(&self, ino: u64) -> Option<String> {
         self.entries
             .read()
