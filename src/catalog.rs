@@ -641,7 +641,17 @@ impl Catalog {
             &self.stats.rendered_reads
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        crate::fault::panic_if_asked(|| self.name_of_version(version.ino));
         version.read(offset, size)
+    }
+
+    /// The image whose current version has inode `ino` (a slow scan: for the test-only panic).
+    fn name_of_version(&self, ino: u64) -> Option<String> {
+        self.entries
+            .read()
+            .iter()
+            .find(|(_, entry)| entry.lock().version.ino == ino)
+            .map(|(name, _)| name.clone())
     }
 
     pub fn release(&self, fh: u64) {

@@ -265,7 +265,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             }
         }
         Verb::Ls { json, mount } => {
-            let reply = connect(mount.as_deref())?.call(&Request::Ls)?;
+            let reply = connect(mount.as_deref())?.call(&Request::Ls {})?;
             if json {
                 print_json(&reply["images"]);
             } else {
@@ -305,7 +305,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             connect(mount.as_deref())?.call(&Request::Save { name, out })?;
         }
         Verb::Stats { mount } => {
-            let mut reply = connect(mount.as_deref())?.call(&Request::Stats)?;
+            let mut reply = connect(mount.as_deref())?.call(&Request::Stats {})?;
             reply.as_object_mut().map(|o| o.remove("ok"));
             print_json(&reply);
         }
@@ -370,7 +370,7 @@ fn unmount(dir: Option<&Path>) -> Result<()> {
     let dir = resolve_mount_dir(dir)?;
     match Client::connect(&dir) {
         Ok(mut client) => {
-            client.call(&Request::Shutdown)?;
+            client.call(&Request::Shutdown {})?;
             for _ in 0..200 {
                 if !mount::is_mount_point(&dir) {
                     return Ok(());

@@ -2,7 +2,7 @@
 //! replies. Nothing else lives here; the only state it keeps is the kernel's own resource, the
 //! passthrough backing ids.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 
 use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
 use crate::fusermount::Watcher;
+use crate::image::FileSource;
 
 /// How long the kernel may cache a name or attributes; changes are also invalidated at once.
 const TTL: Duration = Duration::from_secs(1);
@@ -41,6 +42,10 @@ pub struct MountSettings {
 struct Backing {
     by_ino: HashMap<u64, Weak<BackingId>>,
     by_fh: HashMap<u64, Arc<BackingId>>,
+    /// Inodes whose original the kernel refused as a backing file (one on another FUSE
+    /// filesystem, say): they are served by forwarded reads for good, as the kernel fails an
+    /// inode's opens that mix the two modes. Other inodes keep passthrough.
+    forwarded: HashSet<u64>,
 }
 
 pub struct ImageFs {
@@ -91,24 +96,58 @@ impl ImageFs {
         }
     }
 
+    /// The backing id for a passthrough open of `ino`, or None if this inode is served by
+    /// forwarded reads. Decided once per inode, under the lock, so concurrent opens agree.
     fn open_passthrough(
         &self,
         ino: u64,
         fh: u64,
-        file: &std::fs::File,
+        source: &FileSource,
         reply: &ReplyOpen,
-    ) -> std::io::Result<Arc<BackingId>> {
+    ) -> Option<Arc<BackingId>> {
         let mut backing = self.backing.lock();
+        if backing.forwarded.contains(&ino) {
+            return None;
+        }
         let id = match backing.by_ino.get(&ino).and_then(Weak::upgrade) {
             Some(id) => id,
-            None => {
-                let id = Arc::new(reply.open_backing(file)?);
-                backing.by_ino.insert(ino, Arc::downgrade(&id));
-                id
-            }
+            None => match reply.open_backing(&source.file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    backing.by_ino.insert(ino, Arc::downgrade(&id));
+                    id
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: the kernel refused it as a passthrough backing file ({e}); the \
+                         image served from it (inode {ino}) gets forwarded reads instead",
+                        source.path.display()
+                    );
+                    backing.forwarded.insert(ino);
+                    return None;
+                }
+            },
         };
         backing.by_fh.insert(fh, id.clone());
-        Ok(id)
+        Some(id)
+    }
+}
+
+/// Runs one catalog call for a kernel request. A panic in it fails this request alone with
+/// EIO and is logged; uncaught, it would end a FUSE worker thread, and after a few of those the
+/// whole mount. The catalog's locks do not poison (parking_lot), so other requests go on.
+fn caught<T>(op: &str, call: impl FnOnce() -> Result<T, FsError>) -> Result<T, Errno> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result.map_err(|e| errno(&e)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("{op}: internal error ({message}); this request fails with EIO");
+            Err(Errno::EIO)
+        }
     }
 }
 
@@ -139,21 +178,24 @@ impl Filesystem for ImageFs {
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        match self.catalog.lookup(name) {
+        match caught("lookup", || self.catalog.lookup(name)) {
             Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.catalog.forget(ino.0, nlookup);
+        let _ = caught("forget", || {
+            self.catalog.forget(ino.0, nlookup);
+            Ok(())
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.catalog.getattr(ino.0) {
+        match caught("getattr", || self.catalog.getattr(ino.0)) {
             Ok(attr) if attr.is_dir => reply.attr(&ROOT_TTL, &self.file_attr(&attr)),
             Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -161,22 +203,12 @@ impl Filesystem for ImageFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.catalog.open(ino.0) {
+        match caught("open", || self.catalog.open(ino.0)) {
             Ok(Opened::Passthrough { fh, source }) => {
-                if self.passthrough.load(Ordering::Relaxed) {
-                    match self.open_passthrough(ino.0, fh, &source.file, &reply) {
-                        Ok(id) => {
-                            return reply.opened_passthrough(
-                                FileHandle(fh),
-                                FopenFlags::empty(),
-                                &id,
-                            );
-                        }
-                        Err(e) => {
-                            log::warn!("passthrough refused ({e}); forwarding reads instead");
-                            self.passthrough.store(false, Ordering::Relaxed);
-                        }
-                    }
+                if self.passthrough.load(Ordering::Relaxed)
+                    && let Some(id) = self.open_passthrough(ino.0, fh, &source, &reply)
+                {
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
                 self.catalog.passthrough_refused();
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -185,7 +217,7 @@ impl Filesystem for ImageFs {
             Ok(Opened::Rendered { fh }) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -200,12 +232,14 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.catalog.read(fh.0, offset, size as usize) {
+        let read = caught("read", || {
+            self.catalog
+                .read(fh.0, offset, size as usize)
+                .inspect_err(|e| log::warn!("read of handle {} failed: {e}", fh.0))
+        });
+        match read {
             Ok(bytes) => reply.data(&bytes),
-            Err(e) => {
-                log::warn!("read of handle {} failed: {e}", fh.0);
-                reply.error(errno(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -219,7 +253,10 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.catalog.release(fh.0);
+        let _ = caught("release", || {
+            self.catalog.release(fh.0);
+            Ok(())
+        });
         self.backing.lock().by_fh.remove(&fh.0);
         reply.ok();
     }
@@ -228,7 +265,10 @@ impl Filesystem for ImageFs {
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
-        reply.opened(FileHandle(self.catalog.opendir()), FopenFlags::empty());
+        match caught("opendir", || Ok(self.catalog.opendir())) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn readdir(
@@ -239,9 +279,9 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.catalog.listing(fh.0) {
+        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
             Ok(listing) => listing,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(e),
         };
         for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
             let kind = self.file_attr(attr).kind;
@@ -260,9 +300,9 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.catalog.listing(fh.0) {
+        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
             Ok(listing) => listing,
-            Err(e) => return reply.error(errno(&e)),
+            Err(e) => return reply.error(e),
         };
         for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
             let file_attr = self.file_attr(attr);
@@ -278,7 +318,10 @@ impl Filesystem for ImageFs {
             }
             // The kernel counts a lookup for every entry but `.` and `..`.
             if !attr.is_dir {
-                self.catalog.listed(attr.ino);
+                let _ = caught("readdirplus", || {
+                    self.catalog.listed(attr.ino);
+                    Ok(())
+                });
             }
         }
         reply.ok();
@@ -292,7 +335,10 @@ impl Filesystem for ImageFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.catalog.releasedir(fh.0);
+        let _ = caught("releasedir", || {
+            self.catalog.releasedir(fh.0);
+            Ok(())
+        });
         reply.ok();
     }
 }

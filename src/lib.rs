@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod control;
+pub mod fault;
 pub mod format;
 pub mod fuse;
 pub mod fusermount;

@@ -194,9 +194,10 @@ def wire_data(data):
     if claimed is not None:
         fd, offset = claimed
         return Wire(fd, offset, data.shape, data.dtype, True)
-    fd = os.memfd_create("imgfs-put", os.MFD_CLOEXEC)
+    fd = shm.new_memfd("imgfs-put")
     try:
         _fill(fd, data)
+        shm.seal_size(fd)
     except BaseException:
         os.close(fd)
         raise

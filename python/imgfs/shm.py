@@ -13,6 +13,7 @@ again. The buffer then leaves the registry; later handoffs of it copy, like any 
 """
 
 import ctypes
+import fcntl
 import mmap
 import os
 import threading
@@ -90,10 +91,22 @@ def _wrap(fd, nbytes, shape, dtype, order):
     return np.ndarray(shape, dtype=dtype, buffer=owner, order=order)
 
 
+def new_memfd(name):
+    """A memfd that can be sealed: the daemon maps only memfds sealed against shrinking."""
+    return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+
+
+def seal_size(fd):
+    """Seal `fd` against shrinking: the daemon refuses a memfd without this seal, as a file that
+    shrinks under its mapping would kill it. Growing stays allowed (it harms no mapping)."""
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+
+
 def _memfd(nbytes, name="imgfs-array"):
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    fd = new_memfd(name)
     try:
         os.ftruncate(fd, nbytes)
+        seal_size(fd)
     except BaseException:
         os.close(fd)
         raise

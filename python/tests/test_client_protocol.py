@@ -9,6 +9,7 @@ import pytest
 
 from imgfs_testlib import imgfs, mount  # noqa: F401 (fixture)
 from imgfs.mount import _fill
+from imgfs.shm import new_memfd, seal_size
 
 
 def _put_fields():
@@ -20,8 +21,9 @@ def _put_fields():
 
 
 def _memfd_of(value):
-    fd = os.memfd_create("test")
+    fd = new_memfd("test")
     _fill(fd, np.full((2, 2, 2), value, np.float32))
+    seal_size(fd)
     return fd
 
 

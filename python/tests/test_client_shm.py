@@ -125,6 +125,26 @@ def test_handoff_sends_the_arrays_own_memfd(mount, sent):
     assert np.array_equal(back.get_fdata(), a)
 
 
+def test_shared_arrays_and_copies_cannot_shrink_under_the_mount(mount, sent):
+    a = imgfs.zeros((4, 5, 6), np.float32)
+    a[...] = _values(a.shape)
+    fd = shm.memfd_of(a)
+    ino = _ino(fd)
+    for size in (0, a.nbytes // 2):
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, size)
+    path = imgfs.as_filename(nib.Nifti1Image(a, np.eye(4)), mount)
+    assert sent() == [(ino, 0)]  # still the zero-copy route
+    assert np.array_equal(nib.load(path).get_fdata(), a)
+    b = _values((3, 4, 5))  # an ordinary array: copied into a fresh, sealed memfd
+    wire = imgfs.mount.wire_data(b)
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(wire.fd, 0)
+    finally:
+        os.close(wire.fd)
+
+
 def test_view_into_a_shared_array_goes_with_an_offset(mount, sent):
     a = imgfs.empty((5, 6, 7, 3), np.int16)
     a[...] = _values(a.shape, np.int16)

@@ -14,12 +14,14 @@ pub struct WireExtension {
     pub content: String,
 }
 
-/// One request line.
+/// One request line. Every op refuses fields it does not know, so a misspelt field is an error
+/// and not silently ignored; the ops without fields are written `Ping {}` because serde's
+/// `deny_unknown_fields` does not reach unit variants of a tagged enum.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Is the mount alive? Answers its directory and the daemon's pid.
-    Ping,
+    Ping {},
     /// Load an image's header from `path` (absolute); the name defaults to the file stem.
     Add {
         path: PathBuf,
@@ -27,7 +29,7 @@ pub enum Request {
         name: Option<String>,
     },
     /// Every image's summary.
-    Ls,
+    Ls {},
     /// One image's summary, header fields, affine and extensions.
     Show {
         name: String,
@@ -78,9 +80,9 @@ pub enum Request {
         replace: bool,
     },
     /// Counters of how files were served.
-    Stats,
+    Stats {},
     /// Unmount and stop the daemon.
-    Shutdown,
+    Shutdown {},
 }
 
 /// A value given in a `set` request, as the text the header parser takes.
@@ -89,5 +91,55 @@ pub fn field_text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Array(items) => items.iter().map(field_text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One valid request line per op.
+    const EVERY_OP: &[&str] = &[
+        r#"{"op":"ping"}"#,
+        r#"{"op":"add","path":"/x.nii"}"#,
+        r#"{"op":"ls"}"#,
+        r#"{"op":"show","name":"a"}"#,
+        r#"{"op":"set","name":"a","fields":[["descrip","x"]]}"#,
+        r#"{"op":"set_affine","name":"a","affine":[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]]}"#,
+        r#"{"op":"path","name":"a"}"#,
+        r#"{"op":"mark","name":"a","state":"clean"}"#,
+        r#"{"op":"rm","name":"a"}"#,
+        r#"{"op":"save","name":"a","out":"/o.nii"}"#,
+        r#"{"op":"put","name":"a","header":"","affine":[[1,0,0,0],[0,1,0,0],[0,0,1,0],[0,0,0,1]],"shape":[1],"dtype":"uint8"}"#,
+        r#"{"op":"stats"}"#,
+        r#"{"op":"shutdown"}"#,
+    ];
+
+    #[test]
+    fn every_op_parses_without_extra_fields() {
+        for line in EVERY_OP {
+            let parsed: Result<Request, _> = serde_json::from_str(line);
+            assert!(parsed.is_ok(), "{line}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn every_op_refuses_an_unknown_field_by_name() {
+        for line in EVERY_OP {
+            let with_extra = format!("{},\"bogus_field\":1}}", &line[..line.len() - 1]);
+            let err = serde_json::from_str::<Request>(&with_extra)
+                .expect_err(&with_extra)
+                .to_string();
+            assert!(
+                err.contains("unknown field `bogus_field`"),
+                "{with_extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn fieldless_ops_serialize_as_their_tag_alone() {
+        let line = serde_json::to_string(&Request::Ping {}).unwrap();
+        assert_eq!(line, r#"{"op":"ping"}"#);
     }
 }

@@ -3,12 +3,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -22,6 +22,14 @@ use crate::image::{Image, VoxelBuffer};
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
+
+/// Connections served at once. Each holds a thread and up to a read buffer and a line, so a
+/// client opening thousands would exhaust threads and memory; those past the cap get a refusal
+/// line and are closed, and a slot frees as soon as a connection ends.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors one request line may bring before its newline; `put` needs one.
+const MAX_LINE_FDS: usize = 16;
 
 /// What the daemon does on `shutdown`.
 pub type Shutdown = Arc<dyn Fn() + Send + Sync>;
@@ -51,20 +59,77 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("imgfs-control".into())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE) fails every accept until one closes:
+                        // pause instead of spinning.
+                        log::warn!("control socket: accept failed: {e}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        continue;
+                    }
+                };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    refuse(
+                        &stream,
+                        &format!(
+                            "too many connections to this mount ({MAX_CONNECTIONS} at once); \
+                             close some and retry"
+                        ),
+                    );
+                    continue;
+                }
+                let slot = Slot(active.clone());
                 let catalog = catalog.clone();
                 let shutdown = shutdown.clone();
-                let _ = std::thread::Builder::new()
-                    .name("imgfs-conn".into())
-                    .spawn(move || serve_connection(stream, &catalog, shutdown.as_ref()));
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("imgfs-conn".into())
+                        .spawn(move || {
+                            let _slot = slot;
+                            // A panic outside a request's own handler (which `respond` catches)
+                            // ends this connection only.
+                            let served =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    serve_connection(stream, &catalog, shutdown.as_ref())
+                                }));
+                            if served.is_err() {
+                                log::error!(
+                                    "control connection ended by an internal error (panic)"
+                                );
+                            }
+                        });
+                if let Err(e) = spawned {
+                    log::warn!("control socket: cannot start a connection thread: {e}");
+                }
             }
         })?;
     Ok(())
 }
 
+/// One of the `MAX_CONNECTIONS` places, given back when the connection's thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection that will not be served with one error line.
+fn refuse(stream: &UnixStream, message: &str) {
+    let out = json!({"ok": false, "error": message});
+    let _ = fdpass::send_with_fds(stream, format!("{out}\n").as_bytes(), &[]);
+}
+
 fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shutdown>) {
     let mut pending: Vec<u8> = Vec::new();
+    // How much of `pending` is known to hold no newline: each byte is searched once, so a long
+    // line costs linear time.
+    let mut searched = 0;
     // Bytes of the stream consumed before `pending` starts.
     let mut consumed: u64 = 0;
     // Each descriptor with the stream position of the first byte it arrived with: it belongs
@@ -72,7 +137,9 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
     let mut fds: VecDeque<(u64, OwnedFd)> = VecDeque::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        while let Some(found) = pending[searched..].iter().position(|&b| b == b'\n') {
+            let end = searched + found;
+            searched = 0;
             let line: Vec<u8> = pending.drain(..=end).collect();
             consumed += line.len() as u64;
             let mut line_fds = VecDeque::new();
@@ -92,9 +159,23 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
                 stop();
             }
         }
+        searched = pending.len();
         if pending.len() > MAX_LINE {
-            let out = json!({"ok": false, "error": "request line too long"});
-            let _ = fdpass::send_with_fds(&stream, format!("{out}\n").as_bytes(), &[]);
+            // The connection closes: what the client still sends of this line goes nowhere.
+            refuse(
+                &stream,
+                &format!("request line too long (over {MAX_LINE} bytes); connection closed"),
+            );
+            return;
+        }
+        if fds.len() > MAX_LINE_FDS {
+            refuse(
+                &stream,
+                &format!(
+                    "more than {MAX_LINE_FDS} file descriptors sent with one request line; \
+                     connection closed"
+                ),
+            );
             return;
         }
         match fdpass::recv_with_fds(&stream, &mut buf) {
@@ -137,7 +218,7 @@ fn handle(
 ) -> Result<Value, String> {
     let text = |e: &dyn std::fmt::Display| e.to_string();
     Ok(match request {
-        Request::Ping => json!({
+        Request::Ping {} => json!({
             "mount": catalog.mount_dir(),
             "pid": std::process::id(),
         }),
@@ -159,7 +240,7 @@ fn handle(
             };
             to_value(catalog.add(&name, &path).map_err(|e| text(&e))?)
         }
-        Request::Ls => json!({"images": catalog.list()}),
+        Request::Ls {} => json!({"images": catalog.list()}),
         Request::Show { name } => show(catalog, &name)?,
         Request::Set { name, fields } => {
             let edits: Vec<(String, String)> = fields
@@ -242,7 +323,7 @@ fn handle(
             };
             to_value(summary.map_err(|e| text(&e))?)
         }
-        Request::Stats => {
+        Request::Stats {} => {
             let s = &catalog.stats;
             json!({
                 "passthrough_opens": s.passthrough_opens.load(Ordering::Relaxed),
@@ -253,7 +334,7 @@ fn handle(
                 "kernel_held_versions": catalog.kernel_held_versions(),
             })
         }
-        Request::Shutdown => json!({"shutting_down": true}),
+        Request::Shutdown {} => json!({"shutting_down": true}),
     })
 }
 
@@ -261,6 +342,9 @@ fn show(catalog: &Catalog, name: &str) -> Result<Value, String> {
     let summary = catalog.summary(name).map_err(|e| e.to_string())?;
     let (fields, affine, extensions) = catalog
         .edit(name, |img| {
+            // Inside the edit, with the image's lock held: a test shows a panic here leaves the
+            // image usable.
+            crate::fault::panic_if_asked(|| Some(name.to_string()));
             let exts: Vec<Value> = img
                 .extensions()
                 .iter()
@@ -307,13 +391,56 @@ fn image_from_wire(
         })
         .collect::<Result<Vec<_>, String>>()?;
     let file = std::fs::File::from(fd);
-    // SAFETY: the client hands over a memfd it no longer writes to; a concurrent writer could
-    // only change the voxel values we serve, never memory safety of our own data structures,
-    // as the map is read through plain byte copies.
+    check_sealed(&file)?;
+    // SAFETY: `check_sealed` saw F_SEAL_SHRINK, and a seal can never be removed: the memfd keeps
+    // at least the length mapped here for the map's whole life, so no read of it can fault
+    // (SIGBUS). The client may still write to it; that changes the voxel values served, never
+    // our own memory, as the map is only read through plain byte copies.
     let map =
         unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map the data: {e}"))?;
-    let data = VoxelBuffer::mapped(dtype, shape, map, data_offset as usize)?;
+    let data = VoxelBuffer::mapped(dtype, shape, map, data_offset)?;
     Image::from_parts(header, affine, extensions, data).map_err(|e| e.to_string())
+}
+
+/// Refuses a put's descriptor unless it is a memfd sealed against shrinking: a mapping of a
+/// file that can shrink kills its reader with SIGBUS, and that reader would be the daemon.
+fn check_sealed(file: &std::fs::File) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = file
+        .metadata()
+        .map_err(|e| format!("the descriptor sent with put cannot be examined: {e}"))?
+        .file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a pipe"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "the descriptor sent with put is {what}, not a memfd holding the data"
+        ));
+    }
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(format!(
+            "the descriptor sent with put is not a memfd that allows sealing ({}): create it \
+             with MFD_ALLOW_SEALING and add F_SEAL_SHRINK",
+            io::Error::last_os_error()
+        ));
+    }
+    if seals & libc::F_SEAL_SHRINK == 0 {
+        return Err(
+            "the memfd sent with put is not sealed against shrinking: add F_SEAL_SHRINK \
+             (fcntl F_ADD_SEALS) before sending it"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Removes the socket when the daemon stops.

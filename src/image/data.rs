@@ -85,32 +85,39 @@ impl VoxelBuffer {
         }
     }
 
-    /// Voxels held in a mapped file (a memfd from another process), `offset` bytes in.
+    /// Voxels held in a mapped file (a memfd from another process), `offset` bytes in. Every
+    /// number here comes from a request, so each sum and product is checked before it bounds
+    /// anything.
     pub fn mapped(
         dtype: DataType,
         shape: &[u64],
         map: memmap2::Mmap,
-        offset: usize,
+        offset: u64,
     ) -> Result<VoxelBuffer, String> {
         let len = shape
             .iter()
             .try_fold(dtype.size() as u64, |a, &d| a.checked_mul(d))
-            .ok_or("the shape's byte count overflows")?;
+            .ok_or_else(|| format!("shape {shape:?} of {dtype}: the byte count overflows"))?;
         if !offset.is_multiple_of(8) {
             return Err(format!("data_offset {offset} is not a multiple of 8"));
         }
-        if (map.len() as u64) < offset as u64 + len {
+        let need = offset.checked_add(len).ok_or_else(|| {
+            format!("data_offset {offset} plus the {len} bytes of the data overflows")
+        })?;
+        if (map.len() as u64) < need {
             return Err(format!(
                 "the shared data hold {} bytes; shape {shape:?} of {dtype} needs {len} from \
                  offset {offset}",
                 map.len()
             ));
         }
+        // Both fit in the map's length, itself a usize.
+        let (offset, len) = (offset as usize, len as usize);
         Ok(VoxelBuffer {
             dtype,
             shape: shape.to_vec(),
             storage: Storage::Mapped { map, offset },
-            len: len as usize,
+            len,
         })
     }
 
@@ -413,4 +420,47 @@ pub enum Store {
     Unloaded,
     /// In memory.
     Memory(Arc<VoxelBuffer>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_of(len: usize) -> memmap2::Mmap {
+        memmap2::MmapMut::map_anon(len)
+            .unwrap()
+            .make_read_only()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_data_offset_near_2_to_the_64_is_refused_not_wrapped() {
+        let err = VoxelBuffer::mapped(DataType::Float32, &[4], map_of(64), u64::MAX - 7)
+            .expect_err("must be refused");
+        assert!(
+            err.contains(&format!("data_offset {} plus", u64::MAX - 7)),
+            "{err}"
+        );
+        assert!(err.contains("overflows"), "{err}");
+        for offset in [u64::MAX - 15, 1 << 63] {
+            let err = VoxelBuffer::mapped(DataType::Float32, &[2], map_of(64), offset)
+                .expect_err("must be refused");
+            assert!(err.contains(&format!("offset {offset}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_shape_whose_byte_count_overflows_is_refused() {
+        let err = VoxelBuffer::mapped(DataType::Float64, &[1 << 32, 1 << 30], map_of(64), 0)
+            .expect_err("must be refused");
+        assert!(err.contains("overflows"), "{err}");
+    }
+
+    #[test]
+    fn data_past_the_end_of_the_map_are_refused_and_data_inside_are_served() {
+        let err = VoxelBuffer::mapped(DataType::Uint8, &[60], map_of(64), 8).unwrap_err();
+        assert!(err.contains("hold 64 bytes"), "{err}");
+        let ok = VoxelBuffer::mapped(DataType::Uint8, &[56], map_of(64), 8).unwrap();
+        assert_eq!(ok.bytes(), &[0u8; 56][..]);
+    }
 }
