@@ -4,6 +4,7 @@
 pub mod affine;
 pub mod dtype;
 pub mod error;
+pub mod gzindex;
 pub mod header;
 pub mod io;
 pub mod spm_mat;
