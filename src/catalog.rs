@@ -14,6 +14,7 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::format::gzindex::GzCache;
 use crate::format::{self, Flavor};
 use crate::image::{DirtyState, FileSource, Image, ImageError};
 use crate::render::{Chunk, Rendering};
@@ -219,12 +220,25 @@ pub struct Catalog {
     next_ino: AtomicU64,
     next_fh: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
+    /// Decompressed segments of every compressed original of the mount, under one budget.
+    gz_cache: Arc<GzCache>,
     pub stats: Stats,
 }
 
+/// The default budget of a mount's decompressed gzip segments: enough for a reader of a few
+/// images at once to hit, small beside one decompressed image.
+pub const DEFAULT_GZIP_CACHE: u64 = 32 << 20;
+
 impl Catalog {
     pub fn new(mount_dir: PathBuf) -> Catalog {
+        Catalog::with_gzip_cache(mount_dir, None)
+    }
+
+    /// A catalog whose compressed originals share a cache of `gzip_cache_bytes` (default
+    /// [`DEFAULT_GZIP_CACHE`]).
+    pub fn with_gzip_cache(mount_dir: PathBuf, gzip_cache_bytes: Option<u64>) -> Catalog {
         Catalog {
+            gz_cache: Arc::new(GzCache::new(gzip_cache_bytes.unwrap_or(DEFAULT_GZIP_CACHE))),
             mount_dir,
             entries: RwLock::new(BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
@@ -339,7 +353,7 @@ impl Catalog {
         if self.entries.read().contains_key(name) {
             return Err(CatalogError::NameTaken(name.to_string()));
         }
-        let image = Image::load(path).map_err(|source| match source {
+        let image = Image::load_with(path, &self.gz_cache).map_err(|source| match source {
             ImageError::Format(e) => CatalogError::Format(e),
             source => CatalogError::Image {
                 name: name.to_string(),

@@ -55,6 +55,9 @@ enum Verb {
         /// Serve clean files by forwarding reads instead of kernel passthrough.
         #[arg(long)]
         no_passthrough: bool,
+        /// MiB of decompressed gzip data kept for all compressed originals (default 32).
+        #[arg(long, value_name = "MIB")]
+        gzip_cache_mib: Option<u64>,
         /// Internal: report readiness on stdout, then detach from it.
         #[arg(long, hide = true)]
         daemon_ready: bool,
@@ -210,6 +213,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             foreground,
             allow_other,
             no_passthrough,
+            gzip_cache_mib,
             daemon_ready,
         } => {
             let dir = match dir {
@@ -220,6 +224,12 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 allow_other,
                 control: true,
                 no_passthrough,
+                gzip_cache_bytes: gzip_cache_mib
+                    .map(|mib| {
+                        mib.checked_mul(1 << 20)
+                            .context("--gzip-cache-mib is too large")
+                    })
+                    .transpose()?,
             };
             if foreground {
                 mount::run_daemon(&dir, &options, |dir| {
@@ -233,7 +243,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 })
                 .with_context(|| format!("mounting {}", dir.display()))?;
             } else {
-                spawn_daemon(&dir, allow_other, no_passthrough)?;
+                spawn_daemon(&dir, allow_other, no_passthrough, gzip_cache_mib)?;
                 println!("{}", dir.display());
             }
         }
@@ -324,7 +334,12 @@ fn detach_stdout() {
 }
 
 /// Starts `imgfs mount DIR --foreground` in its own session and waits until it is live.
-fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<()> {
+fn spawn_daemon(
+    dir: &Path,
+    allow_other: bool,
+    no_passthrough: bool,
+    gzip_cache_mib: Option<u64>,
+) -> Result<()> {
     let log = control::log_path(dir)?;
     let log_file = control::create_log(&log)?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -339,6 +354,9 @@ fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<(
     }
     if no_passthrough {
         cmd.arg("--no-passthrough");
+    }
+    if let Some(mib) = gzip_cache_mib {
+        cmd.arg(format!("--gzip-cache-mib={mib}"));
     }
     // SAFETY: setsid is async-signal-safe and is all that runs between fork and exec.
     unsafe {

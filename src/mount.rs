@@ -20,6 +20,9 @@ pub struct MountOptions {
     pub control: bool,
     /// Serve clean files by forwarding reads instead of kernel passthrough.
     pub no_passthrough: bool,
+    /// The budget of decompressed gzip segments kept for all the mount's compressed originals
+    /// (default [`crate::catalog::DEFAULT_GZIP_CACHE`]).
+    pub gzip_cache_bytes: Option<u64>,
 }
 
 /// A mount owned by this program: images inserted here appear as files in `dir` until the
@@ -39,7 +42,10 @@ impl Mount {
 
     pub fn with_options(dir: impl AsRef<Path>, options: &MountOptions) -> io::Result<Mount> {
         let dir = prepare_dir(dir.as_ref())?;
-        let catalog = Arc::new(Catalog::new(dir.clone()));
+        let catalog = Arc::new(Catalog::with_gzip_cache(
+            dir.clone(),
+            options.gzip_cache_bytes,
+        ));
         let (session, watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
         let socket = if options.control {
             let path = control::socket_path(&dir)?;
@@ -185,7 +191,10 @@ pub fn run_daemon(
     on_ready: impl FnOnce(&Path),
 ) -> io::Result<()> {
     let dir = prepare_dir(dir)?;
-    let catalog = Arc::new(Catalog::new(dir.clone()));
+    let catalog = Arc::new(Catalog::with_gzip_cache(
+        dir.clone(),
+        options.gzip_cache_bytes,
+    ));
     // The watcher lives until this returns: dropped, it lets fusermount3 go.
     let (session, _watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
     let socket = control::socket_path(&dir)?;

@@ -101,7 +101,10 @@ pub enum GzError {
     Truncated { out: u64, compressed: u64 },
     #[error("gzip stream is corrupt at compressed byte {compressed}: {detail}")]
     Corrupt { compressed: u64, detail: String },
-    #[error("gzip member ending at compressed byte {compressed} fails its check: {detail}")]
+    #[error(
+        "gzip stream is corrupt: the member ending at compressed byte {compressed} fails its \
+         check: {detail}"
+    )]
     Check { compressed: u64, detail: String },
     #[error("cannot read the gzip data at compressed byte {compressed}: {cause}")]
     Io {
@@ -129,12 +132,16 @@ impl GzError {
 }
 
 /// Settings of a [`GzIndex`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GzOptions {
     /// Output bytes between access points (at least [`MIN_SPAN`]).
     pub span: u64,
-    /// Byte budget of the decompressed-segment cache (0 disables it).
+    /// Byte budget of the decompressed-segment cache (0 disables it), when the index has a
+    /// cache of its own.
     pub cache_bytes: u64,
+    /// A cache shared with other indexes (a mount's), used instead of one of its own: one
+    /// budget bounds them all.
+    pub cache: Option<Arc<GzCache>>,
 }
 
 impl Default for GzOptions {
@@ -142,6 +149,7 @@ impl Default for GzOptions {
         GzOptions {
             span: DEFAULT_SPAN,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            cache: None,
         }
     }
 }
@@ -695,16 +703,54 @@ struct Shared {
     len: Option<u64>,
 }
 
-/// Least-recently-used decompressed segments, keyed by the index of their first point.
+/// Least-recently-used decompressed segments of one or more indexes under one byte budget,
+/// keyed by the index's id and the number of the segment's first point.
+pub struct GzCache(Mutex<Cache>);
+
+impl GzCache {
+    pub fn new(budget: u64) -> GzCache {
+        GzCache(Mutex::new(Cache {
+            budget,
+            bytes: 0,
+            tick: 0,
+            entries: HashMap::new(),
+        }))
+    }
+
+    /// Bytes held now, over every index.
+    pub fn bytes(&self) -> u64 {
+        self.0.lock().bytes
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.0.lock().budget
+    }
+}
+
+impl std::fmt::Debug for GzCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = self.0.lock();
+        f.debug_struct("GzCache")
+            .field("budget", &c.budget)
+            .field("bytes", &c.bytes)
+            .finish()
+    }
+}
+
+type SegKey = (u64, usize);
+
 struct Cache {
     budget: u64,
     bytes: u64,
     tick: u64,
-    entries: HashMap<usize, (Arc<[u8]>, u64)>,
+    entries: HashMap<SegKey, (Arc<[u8]>, u64)>,
 }
 
+/// Gives each index its own key space in a shared cache.
+static NEXT_INDEX_ID: AtomicU64 = AtomicU64::new(0);
+
 impl Cache {
-    fn get(&mut self, seg: usize) -> Option<Arc<[u8]>> {
+    fn get(&mut self, seg: SegKey) -> Option<Arc<[u8]>> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(&seg).map(|(data, used)| {
@@ -713,7 +759,7 @@ impl Cache {
         })
     }
 
-    fn insert(&mut self, seg: usize, data: Arc<[u8]>) {
+    fn insert(&mut self, seg: SegKey, data: Arc<[u8]>) {
         let len = data.len() as u64;
         if len > self.budget || self.entries.contains_key(&seg) {
             return;
@@ -739,10 +785,27 @@ pub struct GzIndex {
     span: u64,
     shared: RwLock<Shared>,
     builder: Mutex<Builder>,
-    cache: Mutex<Cache>,
+    cache: Arc<GzCache>,
+    id: u64,
     hits: AtomicU64,
     misses: AtomicU64,
     inflated: AtomicU64,
+}
+
+impl Drop for GzIndex {
+    /// Its segments leave a shared cache with it.
+    fn drop(&mut self) {
+        let mut c = self.cache.0.lock();
+        let mut freed = 0;
+        c.entries.retain(|(id, _), (data, _)| {
+            let keep = *id != self.id;
+            if !keep {
+                freed += data.len() as u64;
+            }
+            keep
+        });
+        c.bytes -= freed;
+    }
 }
 
 impl std::fmt::Debug for GzIndex {
@@ -794,12 +857,10 @@ impl GzIndex {
                 error: None,
                 done: false,
             }),
-            cache: Mutex::new(Cache {
-                budget: options.cache_bytes,
-                bytes: 0,
-                tick: 0,
-                entries: HashMap::new(),
-            }),
+            cache: options
+                .cache
+                .unwrap_or_else(|| Arc::new(GzCache::new(options.cache_bytes))),
+            id: NEXT_INDEX_ID.fetch_add(1, Ordering::Relaxed),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             inflated: AtomicU64::new(0),
@@ -918,7 +979,7 @@ impl GzIndex {
         }
         let index = self.shared.read().points.len() - 1;
         let data: Arc<[u8]> = b.seg.as_slice().into();
-        self.cache.lock().insert(index, data);
+        self.cache.0.lock().insert((self.id, index), data);
     }
 
     /// Reads decompressed bytes at `offset` into `buf`; fewer than `buf.len()` only at the end
@@ -959,7 +1020,7 @@ impl GzIndex {
             buf[..n].copy_from_slice(&data[from..from + n]);
             n
         };
-        if let Some(data) = self.cache.lock().get(index) {
+        if let Some(data) = self.cache.0.lock().get((self.id, index)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(copy(&data, point.out, buf));
         }
@@ -974,12 +1035,12 @@ impl GzIndex {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let limit = seg_end.unwrap_or(built).min(built);
         let whole_len = limit - point.out;
-        if seg_end.is_some() && whole_len <= self.cache.lock().budget {
+        if seg_end.is_some() && whole_len <= self.cache.budget() {
             let mut data = vec![0; whole_len as usize];
             self.inflate_from(&point, point.out, &mut data)?;
             let data: Arc<[u8]> = data.into();
             let n = copy(&data, point.out, buf);
-            self.cache.lock().insert(index, data);
+            self.cache.0.lock().insert((self.id, index), data);
             return Ok(n);
         }
         let n = buf.len().min((limit - pos) as usize);
@@ -1020,8 +1081,13 @@ impl GzIndex {
             (s.points.len(), s.index_bytes, s.built, s.len)
         };
         let (cache_bytes, cache_entries) = {
-            let c = self.cache.lock();
-            (c.bytes, c.entries.len())
+            let c = self.cache.0.lock();
+            c.entries
+                .iter()
+                .filter(|((id, _), _)| *id == self.id)
+                .fold((0, 0), |(b, n), (_, (data, _))| {
+                    (b + data.len() as u64, n + 1)
+                })
         };
         GzStats {
             points,
@@ -1101,7 +1167,15 @@ mod tests {
     }
 
     fn index(bytes: Vec<u8>, span: u64, cache_bytes: u64) -> GzIndex {
-        GzIndex::new(Arc::new(bytes), GzOptions { span, cache_bytes }).unwrap()
+        GzIndex::new(
+            Arc::new(bytes),
+            GzOptions {
+                span,
+                cache_bytes,
+                cache: None,
+            },
+        )
+        .unwrap()
     }
 
     /// Concatenates members of `data` split at `cuts` (fractions of the length).
@@ -1345,7 +1419,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "gzip member ending at compressed byte {n} fails its check: stored CRC32 {:#010x}, data gives {:#010x}",
+                "gzip stream is corrupt: the member ending at compressed byte {n} fails its check: stored CRC32 {:#010x}, data gives {:#010x}",
                 crc32fast::hash(&data) ^ 0x40,
                 crc32fast::hash(&data)
             )

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn, ShapeBuilder};
 
 use super::convert::{Encoding, ValueRange};
-use super::origin::FileIdentity;
-use crate::format::{ByteOrder, DataType};
+use super::origin::{FileIdentity, Origin};
+use crate::format::gzindex::{GzCache, GzIndex, GzOptions};
+use crate::format::{ByteOrder, DataType, FormatError};
 
 /// Voxel bytes in memory, native byte order, file (Fortran) order of voxels, aligned to 8
 /// bytes so that typed views are sound.
@@ -317,61 +318,373 @@ impl FileSource {
     }
 }
 
-/// The data as they are, before any datatype change: the original file's numbers, or an
-/// array in memory (loaded, handed over, or written to). Every datatype change converts from
-/// here, never from an earlier change's rounded numbers.
-#[derive(Clone, Debug)]
-pub enum Base {
-    File(Arc<FileSource>),
-    Memory(Arc<VoxelBuffer>),
+/// A compressed original's data, read by range through a gzip index (see
+/// [`crate::format::gzindex`]): a read inflates from the nearest access point before it, and
+/// the index, built by the first pass, serves every later version of the image.
+pub struct GzSource {
+    index: GzIndex,
+    file: Arc<File>,
+    pub path: std::path::PathBuf,
+    /// Where the data start in the decompressed stream.
+    offset: u64,
+    len: u64,
+    order: ByteOrder,
+    seen: FileIdentity,
+    /// Told when the stream turns out broken, so the image's state names it.
+    origin: Arc<Origin>,
 }
 
-impl Base {
-    /// Fills `buf` with the stored numbers from byte `at`, in native byte order (swapped as
-    /// units of `width` bytes).
-    pub fn read_native(&self, buf: &mut [u8], at: u64, width: usize) -> io::Result<()> {
-        match self {
-            Base::File(source) => source.read_native(buf, at, width),
-            Base::Memory(data) => {
-                let at = at as usize;
-                buf.copy_from_slice(&data.bytes()[at..at + buf.len()]);
-                Ok(())
-            }
+impl std::fmt::Debug for GzSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GzSource")
+            .field("path", &self.path)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl GzSource {
+    /// Indexes the data of `path` (decompressed bytes `[offset, offset + len)`); nothing is
+    /// inflated yet. Decompressed segments are cached in `cache`, shared by the mount.
+    pub fn open(
+        path: &std::path::Path,
+        (offset, len): (u64, u64),
+        order: ByteOrder,
+        origin: Arc<Origin>,
+        cache: Arc<GzCache>,
+    ) -> Result<GzSource, crate::format::FormatError> {
+        let file = Arc::new(File::open(path).map_err(|e| FormatError::io(path, e))?);
+        let seen = FileIdentity::of(&file.metadata().map_err(|e| FormatError::io(path, e))?);
+        let options = GzOptions {
+            cache: Some(cache),
+            ..GzOptions::default()
+        };
+        let index = GzIndex::new(file.clone(), options).map_err(|e| e.for_file(path))?;
+        Ok(GzSource {
+            index,
+            file,
+            path: path.to_path_buf(),
+            offset,
+            len,
+            order,
+            seen,
+            origin,
+        })
+    }
+
+    /// Fills `buf` from data byte `at`, in the file's byte order. A broken stream is recorded
+    /// by the origin, so the state names it and every later read fails at once.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        if let Some(why) = self.origin.unreadable() {
+            return Err(io::Error::other(why.to_string()));
+        }
+        let broken = |why: String| {
+            self.origin.mark_unreadable(why.clone());
+            io::Error::other(why)
+        };
+        let start = self
+            .offset
+            .checked_add(at)
+            .ok_or_else(|| io::Error::other("data offset overflows"))?;
+        let got = self
+            .index
+            .read_at(buf, start)
+            .map_err(|e| broken(e.for_file(&self.path).to_string()))?;
+        if got < buf.len() {
+            let held = at + got as u64;
+            return Err(broken(format!(
+                "{}: gzip stream ends at byte {held} of the data, which need {} bytes \
+                 (truncated?)",
+                self.path.display(),
+                self.len
+            )));
+        }
+        if at + buf.len() as u64 >= self.len {
+            // The last bytes of the data: the pass goes on to the stream's end, so that its
+            // checksum vouches for what was served.
+            self.index
+                .build_all()
+                .map_err(|e| broken(e.for_file(&self.path).to_string()))?;
+        }
+        let now = FileIdentity::of(&self.file.metadata()?);
+        if !self.seen.same_content(&now) {
+            let why = format!(
+                "{}: original modified on disk since load",
+                self.path.display()
+            );
+            self.origin.mark_lost(why.clone());
+            return Err(io::Error::other(why));
+        }
+        Ok(())
+    }
+
+    /// What the index holds, for tests and status.
+    pub fn stats(&self) -> crate::format::gzindex::GzStats {
+        self.index.stats()
+    }
+}
+
+/// nibabel's data object (its `ArrayProxy`): where an image's numbers are, as one immutable,
+/// cheaply cloned value with one way to read them, [`DataObj::read_at`]. The renderer, `save`,
+/// the value-range pass and datatype changes all read through it, so none of them needs to
+/// know where the bytes live. The shape is the header's (a reshape keeps the bytes).
+#[derive(Clone, Debug)]
+pub struct DataObj {
+    dtype: DataType,
+    len: u64,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    /// An uncompressed original file, read by position (or handed to the kernel mapped).
+    File(Arc<FileSource>),
+    /// A compressed original, read by range through its gzip index.
+    Gzip(Arc<GzSource>),
+    /// An array in memory (loaded, written, or handed over in a memfd): native byte order.
+    Memory(Arc<VoxelBuffer>),
+    /// Another data object's numbers in another encoding, converted per read: native order.
+    Converted(Arc<Conversion>),
+}
+
+impl DataObj {
+    pub fn file(dtype: DataType, source: Arc<FileSource>) -> DataObj {
+        DataObj {
+            dtype,
+            len: source.len,
+            kind: Kind::File(source),
         }
     }
 
+    pub fn gzip(dtype: DataType, source: Arc<GzSource>) -> DataObj {
+        DataObj {
+            dtype,
+            len: source.len,
+            kind: Kind::Gzip(source),
+        }
+    }
+
+    pub fn memory(data: Arc<VoxelBuffer>) -> DataObj {
+        DataObj {
+            dtype: data.dtype(),
+            len: data.bytes().len() as u64,
+            kind: Kind::Memory(data),
+        }
+    }
+
+    /// `base`'s numbers read as `from`, served as `to`.
+    pub fn converted(
+        base: DataObj,
+        from: Encoding,
+        to: Encoding,
+        values: Option<ValueRange>,
+    ) -> DataObj {
+        let count = base.len / base.dtype.size() as u64;
+        DataObj {
+            dtype: to.dtype,
+            len: count * to.dtype.size() as u64,
+            kind: Kind::Converted(Arc::new(Conversion::new(base, from, to, values))),
+        }
+    }
+
+    pub fn dtype(&self) -> DataType {
+        self.dtype
+    }
+
+    /// The number of data bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The byte order [`DataObj::read_at`] gives.
+    pub fn order(&self) -> ByteOrder {
+        match &self.kind {
+            Kind::File(f) => f.order,
+            Kind::Gzip(g) => g.order,
+            Kind::Memory(_) | Kind::Converted(_) => ByteOrder::native(),
+        }
+    }
+
+    /// Where the numbers are, in a word: `file`, `gzip`, `memory` or `converted`.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::File(_) => "file",
+            Kind::Gzip(_) => "gzip",
+            Kind::Memory(_) => "memory",
+            Kind::Converted(_) => "converted",
+        }
+    }
+
+    /// Fills `buf` with data bytes from `at`, in [`DataObj::order`]. The range must lie in
+    /// the data; a range outside is an error, never a panic.
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        let end = at
+            .checked_add(buf.len() as u64)
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "read of {} bytes at data byte {at} is past the {} bytes of the data",
+                    buf.len(),
+                    self.len
+                ))
+            })?;
+        match &self.kind {
+            Kind::File(f) => f.read_exact_at(buf, at),
+            Kind::Gzip(g) => g.read_exact_at(buf, at),
+            Kind::Memory(data) => {
+                buf.copy_from_slice(&data.bytes()[at as usize..end as usize]);
+                Ok(())
+            }
+            Kind::Converted(c) => c.read_at(buf, at),
+        }
+    }
+
+    /// As [`DataObj::read_at`], in native byte order.
+    pub fn read_native(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.read_at(buf, at)?;
+        if self.order() != ByteOrder::native() {
+            swap_in_place(buf, self.dtype.swap_width());
+        }
+        Ok(())
+    }
+
     /// Whether both are the very same data (not merely equal bytes).
-    pub fn is(&self, other: &Base) -> bool {
-        match (self, other) {
-            (Base::File(a), Base::File(b)) => Arc::ptr_eq(a, b),
-            (Base::Memory(a), Base::Memory(b)) => Arc::ptr_eq(a, b),
+    pub fn is(&self, other: &DataObj) -> bool {
+        match (&self.kind, &other.kind) {
+            (Kind::File(a), Kind::File(b)) => Arc::ptr_eq(a, b),
+            (Kind::Gzip(a), Kind::Gzip(b)) => Arc::ptr_eq(a, b),
+            (Kind::Memory(a), Kind::Memory(b)) => Arc::ptr_eq(a, b),
+            (Kind::Converted(a), Kind::Converted(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
 
-    /// The store that serves the base unchanged.
-    pub fn store(&self) -> Store {
-        match self {
-            Base::File(source) => Store::File(source.clone()),
-            Base::Memory(data) => Store::Memory(data.clone()),
+    /// The uncompressed original file, when the numbers are read straight from it.
+    pub fn file_source(&self) -> Option<&Arc<FileSource>> {
+        match &self.kind {
+            Kind::File(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The array, when the numbers are held in memory.
+    pub fn in_memory(&self) -> Option<&Arc<VoxelBuffer>> {
+        match &self.kind {
+            Kind::Memory(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The array in memory: the data's own, or the one a conversion made when asked.
+    pub fn memory_view(&self) -> Option<&VoxelBuffer> {
+        match &self.kind {
+            Kind::Memory(data) => Some(data),
+            Kind::Converted(c) => c.materialized.get().map(|d| &**d),
+            Kind::File(_) | Kind::Gzip(_) => None,
+        }
+    }
+
+    /// The array in memory for writing, copied first if a served version still shares it
+    /// (so the value stays immutable to everyone who holds a clone).
+    pub fn make_mut(&mut self) -> Option<&mut VoxelBuffer> {
+        match &mut self.kind {
+            Kind::Memory(data) => Some(Arc::make_mut(data)),
+            _ => None,
+        }
+    }
+
+    /// The conversion, when this is a converted view.
+    pub fn conversion(&self) -> Option<&Conversion> {
+        match &self.kind {
+            Kind::Converted(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The gzip source, when the numbers are in a compressed original.
+    pub fn gzip_source(&self) -> Option<&Arc<GzSource>> {
+        match &self.kind {
+            Kind::Gzip(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The whole array in memory, native byte order, with `shape` (nibabel's `get_fdata`
+    /// side: wanted in memory). An array already in memory is shared; a conversion keeps the
+    /// array it makes, so asking twice converts once.
+    pub fn to_memory(&self, shape: &[u64]) -> io::Result<Arc<VoxelBuffer>> {
+        match &self.kind {
+            Kind::Memory(data) => Ok(data.clone()),
+            Kind::Converted(c) => {
+                if let Some(data) = c.materialized.get() {
+                    return Ok(data.clone());
+                }
+                let data = Arc::new(read_all(self, shape)?);
+                Ok(c.materialized.get_or_init(|| data).clone())
+            }
+            Kind::File(_) | Kind::Gzip(_) => Ok(Arc::new(read_all(self, shape)?)),
         }
     }
 }
 
-/// A base's numbers seen in another encoding, converted by range when read.
+/// Every number of `data` into a new array, in 4 MiB chunks; a conversion from an
+/// uncompressed file uses both cores (a gzip stream is read in order, one pass).
+fn read_all(data: &DataObj, shape: &[u64]) -> io::Result<VoxelBuffer> {
+    let count = shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(data.dtype.size() as u64));
+    if count != Some(data.len) {
+        return Err(io::Error::other(format!(
+            "shape {shape:?} of {} does not match the {} bytes of the data",
+            data.dtype, data.len
+        )));
+    }
+    let mut out = VoxelBuffer::zeros(data.dtype, shape);
+    let unit = data.dtype.size();
+    let chunk = (4 << 20) / unit * unit;
+    let fill = |dst: &mut [u8], at: u64| -> io::Result<()> {
+        for (i, part) in dst.chunks_mut(chunk).enumerate() {
+            data.read_native(part, at + (i * chunk) as u64)?;
+        }
+        Ok(())
+    };
+    let parallel = matches!(&data.kind, Kind::Converted(c) if c.base.gzip_source().is_none());
+    let bytes = out.bytes_mut();
+    if parallel {
+        let half = bytes.len() / unit / 2 * unit;
+        let (first, second) = bytes.split_at_mut(half);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| fill(second, half as u64));
+            let mine = fill(first, 0);
+            other.join().expect("conversion thread").and(mine)
+        })?;
+    } else {
+        fill(bytes, 0)?;
+    }
+    Ok(out)
+}
+
+/// A data object's numbers seen in another encoding, converted by range when read. Every
+/// datatype change converts from the data as they are (the original's numbers, or an array in
+/// memory), never from an earlier change's rounded numbers.
 #[derive(Debug)]
 pub struct Conversion {
-    pub base: Base,
+    pub base: DataObj,
     pub from: Encoding,
     pub to: Encoding,
     /// The range of the values, which bounds the converted numbers as nibabel's writer does.
     pub values: Option<ValueRange>,
     /// The whole converted array, made only when a caller asks for the array.
-    pub materialized: std::sync::OnceLock<Arc<VoxelBuffer>>,
+    materialized: std::sync::OnceLock<Arc<VoxelBuffer>>,
 }
 
 impl Conversion {
-    pub fn new(base: Base, from: Encoding, to: Encoding, values: Option<ValueRange>) -> Self {
+    fn new(base: DataObj, from: Encoding, to: Encoding, values: Option<ValueRange>) -> Self {
         Conversion {
             base,
             from,
@@ -381,45 +694,50 @@ impl Conversion {
         }
     }
 
+    /// Fills `out` with converted bytes `[at, at + out.len())`, native byte order; a range
+    /// that cuts numbers is widened to whole ones and trimmed again.
+    fn read_at(&self, out: &mut [u8], at: u64) -> io::Result<()> {
+        let unit = self.to.dtype.size() as u64;
+        let first = at / unit;
+        let last = (at + out.len() as u64).div_ceil(unit);
+        if first * unit == at && last * unit == at + out.len() as u64 {
+            return self.read(out, first);
+        }
+        let mut whole = vec![0; ((last - first) * unit) as usize];
+        self.read(&mut whole, first)?;
+        let skip = (at - first * unit) as usize;
+        out.copy_from_slice(&whole[skip..skip + out.len()]);
+        Ok(())
+    }
+
     /// Fills `out` (whole elements of the new type, native byte order) with the converted
     /// numbers from element `first` on.
-    pub fn read(&self, out: &mut [u8], first: u64) -> io::Result<()> {
+    fn read(&self, out: &mut [u8], first: u64) -> io::Result<()> {
         thread_local! {
             // Reused across reads: a fresh buffer per read would fault in new pages each time.
-            static STORED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            static STORED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
         }
         let (in_unit, out_unit) = (self.from.dtype.size(), self.to.dtype.size());
         let count = out.len() / out_unit;
-        STORED.with_borrow_mut(|stored| {
-            stored.resize(count * in_unit, 0);
-            let width = self.from.dtype.swap_width();
-            self.base
-                .read_native(stored, first * in_unit as u64, width)?;
-            super::convert::convert_into(
-                stored,
-                ByteOrder::native(),
-                self.from,
-                self.to,
-                self.values,
-                out,
-            );
-            Ok(())
-        })
+        // Taken out while in use: a conversion of a conversion reads its base through it too.
+        let mut buf = STORED.take();
+        buf.resize(count * in_unit, 0);
+        let result = self
+            .base
+            .read_native(&mut buf, first * in_unit as u64)
+            .map(|()| {
+                super::convert::convert_into(
+                    &buf,
+                    ByteOrder::native(),
+                    self.from,
+                    self.to,
+                    self.values,
+                    out,
+                )
+            });
+        STORED.set(buf);
+        result
     }
-}
-
-/// Where an image's voxel data are right now.
-#[derive(Clone, Debug)]
-pub enum Store {
-    /// Still in the uncompressed original; read by range.
-    File(Arc<FileSource>),
-    /// A base (the original file or memory) in another encoding: converted by range when read
-    /// (after a data type change), so converting holds no memory.
-    Converted(Arc<Conversion>),
-    /// In a compressed original or one not open: must be loaded before use.
-    Unloaded,
-    /// In memory.
-    Memory(Arc<VoxelBuffer>),
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use convert::Encoding;
-pub use data::{Base, Element, FileSource, Store, VoxelBuffer};
+pub use data::{DataObj, Element, FileSource, GzSource, VoxelBuffer};
 pub use origin::{FileIdentity, Origin};
 pub use state::{DirtyState, Reason};
 
@@ -83,15 +83,16 @@ pub struct Image {
     header: Header,
     extensions: Vec<Extension>,
     affine: Affine,
-    /// The data type of the image's numbers, the header's. After a datatype change the store
-    /// may still hold the original's numbers, converted when read (`Store::Converted`).
+    /// The data type of the image's numbers, the header's (and the data object's).
     dtype: DataType,
     shape: Vec<u64>,
-    store: Store,
-    /// The uncompressed original's data file, open since load: what a clean image is served
-    /// from, even after its data were read into memory.
-    original_data: Option<Arc<FileSource>>,
-    loaded: Option<format::LoadedFile>,
+    /// Where the numbers are now.
+    data: DataObj,
+    /// The data object as loaded from the original: what a clean image is served from, even
+    /// after its data were read into memory.
+    original: Option<DataObj>,
+    /// Whether the affine comes from an SPM `.mat` sidecar, not from the header.
+    sidecar_affine: bool,
     origin: Option<Arc<Origin>>,
     baseline: Baseline,
     data_written: bool,
@@ -101,15 +102,27 @@ pub struct Image {
     generation: u64,
     /// The value range of a base in an encoding, computed once and reused by every datatype
     /// change of that base.
-    base_range: Option<(Base, Encoding, ValueRange)>,
+    base_range: Option<(DataObj, Encoding, ValueRange)>,
     /// The header's `scl_slope` and `scl_inter` as they were for the base, restored when a
     /// change goes back to the base's own type.
     base_scaling: Option<(FieldValue, FieldValue)>,
 }
 
 impl Image {
-    /// Loads an image's header, extensions and sidecar; the voxel data stay on disk.
+    /// Loads an image's header, extensions and sidecar; the voxel data stay on disk. A
+    /// compressed original gets a gzip cache of its own ([`Image::load_with`] shares one).
     pub fn load(path: &Path) -> Result<Image, ImageError> {
+        let cache = Arc::new(format::gzindex::GzCache::new(
+            format::gzindex::DEFAULT_CACHE_BYTES,
+        ));
+        Image::load_with(path, &cache)
+    }
+
+    /// As [`Image::load`], with decompressed segments of a compressed original kept in `cache`.
+    pub fn load_with(
+        path: &Path,
+        cache: &Arc<format::gzindex::GzCache>,
+    ) -> Result<Image, ImageError> {
         let path = std::path::absolute(path).map_err(|e| FormatError::io(path, e))?;
         let loaded = format::io::load(&path)?;
         let map = loaded.file_map.clone();
@@ -119,11 +132,12 @@ impl Image {
             Ok((p.to_path_buf(), FileIdentity::of(&meta)))
         };
         seen.push(stat(&map.header)?);
-        let store = if map.compressed {
+        let image_path = map.image.clone();
+        let data = if map.compressed {
             if !map.is_single() {
                 seen.push(stat(&map.image)?);
             }
-            Store::Unloaded
+            None
         } else {
             let file = File::open(&map.image).map_err(|e| FormatError::io(&map.image, e))?;
             let meta = file
@@ -135,17 +149,34 @@ impl Image {
             } else {
                 seen.push((map.image.clone(), identity));
             }
-            Store::File(Arc::new(FileSource::new(
-                file,
-                map.image.clone(),
-                (loaded.data_offset, loaded.data_len),
-                loaded.header.order(),
-                identity,
-            )))
+            Some(DataObj::file(
+                loaded.dtype,
+                Arc::new(FileSource::new(
+                    file,
+                    map.image.clone(),
+                    (loaded.data_offset, loaded.data_len),
+                    loaded.header.order(),
+                    identity,
+                )),
+            ))
         };
         if let Some(mat) = map.sidecar().filter(|m| m.exists()) {
             seen.push(stat(&mat)?);
         }
+        let origin = Arc::new(Origin::new(map, seen));
+        let data = match data {
+            Some(data) => data,
+            None => DataObj::gzip(
+                loaded.dtype,
+                Arc::new(GzSource::open(
+                    &image_path,
+                    (loaded.data_offset, loaded.data_len),
+                    loaded.header.order(),
+                    origin.clone(),
+                    cache.clone(),
+                )?),
+            ),
+        };
         let header = loaded.header.clone();
         let affine = loaded.affine();
         Ok(Image {
@@ -155,14 +186,11 @@ impl Image {
             header,
             affine,
             dtype: loaded.dtype,
-            original_data: match &store {
-                Store::File(source) => Some(source.clone()),
-                _ => None,
-            },
-            store,
+            original: Some(data.clone()),
+            data,
+            sidecar_affine: loaded.sidecar_affine.is_some(),
             changed_at: SystemTime::now(),
-            origin: Some(Arc::new(Origin::new(map, seen))),
-            loaded: Some(loaded),
+            origin: Some(origin),
             data_written: false,
             large_extensions_out: BTreeSet::new(),
             mark: None,
@@ -200,9 +228,9 @@ impl Image {
             extensions,
             affine,
             dtype: data.dtype(),
-            store: Store::Memory(Arc::new(data)),
-            original_data: None,
-            loaded: None,
+            data: DataObj::memory(Arc::new(data)),
+            original: None,
+            sidecar_affine: false,
             origin: None,
             data_written: false,
             large_extensions_out: BTreeSet::new(),
@@ -244,18 +272,14 @@ impl Image {
         }
     }
 
-    /// The original file as loaded, for reading data that are not yet in memory.
-    pub fn loaded_file(&self) -> Option<&format::LoadedFile> {
-        self.loaded.as_ref()
-    }
-
     /// The data file of an uncompressed original, open since load.
     pub fn original_data(&self) -> Option<&Arc<FileSource>> {
-        self.original_data.as_ref()
+        self.original.as_ref().and_then(DataObj::file_source)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Where the numbers are now (nibabel's `dataobj`).
+    pub fn dataobj(&self) -> &DataObj {
+        &self.data
     }
 
     /// Bumped by every change; the mount gives each generation its own file version.
@@ -303,12 +327,7 @@ impl Image {
         if name == "dim" {
             self.shape = self.header.shape().map_err(ImageError::Refused)?;
         }
-        if self
-            .loaded
-            .as_ref()
-            .and_then(|l| l.sidecar_affine)
-            .is_none()
-        {
+        if !self.sidecar_affine {
             self.affine = self.header.best_affine();
         }
         self.touch();
@@ -322,7 +341,7 @@ impl Image {
             self.affine,
             self.dtype,
             self.shape.clone(),
-            self.store.clone(),
+            self.data.clone(),
             self.base_scaling.clone(),
         );
         for (name, value) in edits {
@@ -332,7 +351,7 @@ impl Image {
                     self.affine,
                     self.dtype,
                     self.shape,
-                    self.store,
+                    self.data,
                     self.base_scaling,
                 ) = saved;
                 return Err(e);
@@ -364,10 +383,10 @@ impl Image {
         if self.dtype == dtype {
             return Ok(());
         }
-        let (base, from) = self.base()?;
+        let (base, from) = self.base();
         if from.dtype == dtype {
             // Back to the base's own type: served as it is, with its own scaling.
-            self.store = base.store();
+            self.data = base;
             if let Some((slope, inter)) = self.base_scaling.take() {
                 self.header.set("scl_slope", &slope)?;
                 self.header.set("scl_inter", &inter)?;
@@ -381,12 +400,11 @@ impl Image {
                 None
             };
             let target = convert::target_encoding(from, dtype, range)?;
-            if !matches!(self.store, Store::Converted(_)) {
+            if self.data.conversion().is_none() {
                 self.base_scaling =
                     Some((self.header.get("scl_slope")?, self.header.get("scl_inter")?));
             }
-            self.store =
-                Store::Converted(Arc::new(data::Conversion::new(base, from, target, range)));
+            self.data = DataObj::converted(base, from, target, range);
             // No scaling is written as nibabel writes it, 1 and 0: a NaN slope is nibabel's
             // in-memory marker, and strict readers scale by it.
             self.header
@@ -399,30 +417,22 @@ impl Image {
     }
 
     /// The data as they are and how their numbers read: what a datatype change converts from.
-    /// A compressed original is loaded first; a conversion whose scaling was edited since
-    /// (`scl_slope`, `scl_inter`) is taken as new data, as it now reads.
-    fn base(&mut self) -> Result<(Base, Encoding), ImageError> {
-        if matches!(self.store, Store::Unloaded) {
-            self.data()?;
-        }
-        if let Store::Converted(c) = &self.store
-            && self.encoding() != c.to
-        {
-            let data = self.materialize()?;
-            self.store = Store::Memory(data);
+    /// A conversion whose scaling was edited since (`scl_slope`, `scl_inter`) is taken as new
+    /// data, as it now reads: its converted numbers, read by range, never loaded.
+    fn base(&mut self) -> (DataObj, Encoding) {
+        if let Some(c) = self.data.conversion() {
+            if self.encoding() == c.to {
+                return (c.base.clone(), c.from);
+            }
             self.base_scaling = None;
         }
-        Ok(match &self.store {
-            Store::File(source) => (Base::File(source.clone()), self.encoding()),
-            Store::Memory(data) => (Base::Memory(data.clone()), self.encoding()),
-            Store::Converted(c) => (c.base.clone(), c.from),
-            Store::Unloaded => unreachable!("loaded above"),
-        })
+        (self.data.clone(), self.encoding())
     }
 
     /// The finite range of a base's values, in one pass over the stored data (not loading
-    /// them), split over two threads; remembered for the next change of the same base.
-    fn value_range(&mut self, base: &Base, from: Encoding) -> Result<ValueRange, ImageError> {
+    /// them); remembered for the next change of the same base. An uncompressed file is split
+    /// over two threads; a gzip stream is read in order, which builds its index as it goes.
+    fn value_range(&mut self, base: &DataObj, from: Encoding) -> Result<ValueRange, ImageError> {
         if let Some((b, e, range)) = &self.base_range
             && b.is(base)
             && *e == from
@@ -433,79 +443,74 @@ impl Image {
             // Refused later by target_encoding; no need to read anything.
             return Ok(ValueRange::default());
         }
-        let stored = match base {
-            Base::File(source) => {
-                let unit = from.dtype.size() as u64;
-                let half = (source.len / unit / 2) * unit;
-                let ranges = std::thread::scope(|s| {
-                    let parts = [(0, half), (half, source.len)]
-                        .map(|(a, b)| s.spawn(move || file_range(source, from.dtype, a, b)));
-                    parts.map(|p| p.join().expect("range thread"))
-                });
-                let [a, b] = ranges;
-                a.and_then(|a| b.map(|b| a.merge(b)))
-                    .map_err(|e| self.data_error(e.to_string()))?
-            }
-            Base::Memory(data) => {
-                convert::stored_range(from.dtype, format::ByteOrder::native(), data.bytes())
-            }
+        let stored = if let Some(data) = base.in_memory() {
+            convert::stored_range(from.dtype, format::ByteOrder::native(), data.bytes())
+        } else if base.gzip_source().is_some() {
+            data_range(base, 0, base.len()).map_err(|e| self.data_error(e.to_string()))?
+        } else {
+            let unit = from.dtype.size() as u64;
+            let half = (base.len() / unit / 2) * unit;
+            let ranges = std::thread::scope(|s| {
+                let parts = [(0, half), (half, base.len())]
+                    .map(|(a, b)| s.spawn(move || data_range(base, a, b)));
+                parts.map(|p| p.join().expect("range thread"))
+            });
+            let [a, b] = ranges;
+            a.and_then(|a| b.map(|b| a.merge(b)))
+                .map_err(|e| self.data_error(e.to_string()))?
         };
         let range = stored.scaled(from.scaling);
         self.base_range = Some((base.clone(), from, range));
         Ok(range)
     }
 
-    /// Visits the stored data in chunks of whole elements, in the byte order they are held.
-    fn for_each_chunk(
-        &mut self,
-        mut visit: impl FnMut(&[u8], format::ByteOrder),
-    ) -> Result<(), ImageError> {
-        if let Store::File(source) = &self.store {
-            return read_chunks(source, self.dtype, 0, source.len, |bytes| {
-                visit(bytes, source.order)
-            })
-            .map_err(|e| self.data_error(e.to_string()));
-        }
-        let data = self.data()?;
-        visit(data.bytes(), format::ByteOrder::native());
-        Ok(())
-    }
-
-    /// The converted array of a conversion, made once and kept with it.
-    fn materialize(&self) -> Result<Arc<VoxelBuffer>, ImageError> {
-        let Store::Converted(c) = &self.store else {
-            unreachable!("only conversions are materialized")
-        };
-        if let Some(data) = c.materialized.get() {
-            return Ok(data.clone());
-        }
-        let data = convert_all(&c.base, c.from, c.to, c.values, &self.shape)
-            .map_err(|e| self.data_error(e.to_string()))?;
-        Ok(c.materialized.get_or_init(|| Arc::new(data)).clone())
-    }
-
+    /// A failed read of the data: a changed original is recorded by the data object itself
+    /// (and a broken gzip stream as unreadable), so only the error is made here.
     fn data_error(&self, why: String) -> ImageError {
-        if let Some(origin) = &self.origin {
+        if let Some(origin) = &self.origin
+            && origin.unreadable().is_none()
+            && why.contains("since load")
+        {
             origin.mark_lost(why.clone());
         }
         ImageError::DataUnavailable(why)
     }
 
-    /// The voxel array, loaded on first use. Reading never dirties the image.
-    /// After a datatype change the converted array is made and kept beside the data as they
-    /// are, which later changes still convert from.
+    /// The numbers in memory, read on first use; they become the image's data, shared with
+    /// the versions being served. Reading never dirties the image. After a datatype change
+    /// the converted array is made and kept with the conversion, which later changes still
+    /// convert from.
     pub fn data(&mut self) -> Result<&VoxelBuffer, ImageError> {
-        if let Store::Converted(_) = self.store {
-            self.materialize()?;
-        } else if !matches!(self.store, Store::Memory(_)) {
-            let buffer = self.read_stored()?;
-            self.store = Store::Memory(Arc::new(buffer));
+        if self.data.memory_view().is_none() {
+            if self.data.conversion().is_none() {
+                self.check_original()?;
+            }
+            let data = self
+                .data
+                .to_memory(&self.shape)
+                .map_err(|e| self.data_error(e.to_string()))?;
+            if self.data.conversion().is_none() {
+                self.data = DataObj::memory(data);
+            }
         }
-        match &self.store {
-            Store::Memory(buffer) => Ok(buffer),
-            Store::Converted(c) => Ok(c.materialized.get().expect("materialized above")),
-            _ => unreachable!("just loaded"),
+        self.data
+            .memory_view()
+            .ok_or_else(|| ImageError::DataUnavailable("the data could not be loaded".into()))
+    }
+
+    /// Refuses to load data from an original that changed or turned out broken.
+    fn check_original(&self) -> Result<(), ImageError> {
+        if let Some(origin) = &self.origin {
+            if let Some(why) = origin.unreadable() {
+                return Err(ImageError::DataUnavailable(why.to_string()));
+            }
+            if let Some(why) = origin.check() {
+                return Err(ImageError::DataUnavailable(format!(
+                    "{why}; its data were never loaded"
+                )));
+            }
         }
+        Ok(())
     }
 
     /// The voxel array for writing: the image is dirty from now on. If a served version still
@@ -513,17 +518,21 @@ impl Image {
     /// Written data are the data as they are from now on: a later datatype change converts
     /// from them.
     pub fn data_mut(&mut self) -> Result<&mut VoxelBuffer, ImageError> {
-        if let Store::Converted(_) = self.store {
-            self.store = Store::Memory(self.materialize()?);
+        self.data()?;
+        if self.data.conversion().is_some() {
+            // Made by data() just now: shared, not converted again.
+            let converted = self
+                .data
+                .to_memory(&self.shape)
+                .map_err(|e| self.data_error(e.to_string()))?;
+            self.data = DataObj::memory(converted);
             self.base_scaling = None;
         }
-        self.data()?;
         self.data_written = true;
         self.touch();
-        match &mut self.store {
-            Store::Memory(buffer) => Ok(Arc::make_mut(buffer)),
-            _ => unreachable!("loaded by data()"),
-        }
+        self.data
+            .make_mut()
+            .ok_or_else(|| ImageError::DataUnavailable("the data are not in memory".into()))
     }
 
     /// The values a reader sees (nibabel's `get_fdata()`), in file order.
@@ -531,8 +540,9 @@ impl Image {
         let from = self.encoding();
         let mut out = Vec::new();
         let mut values = Vec::new();
-        self.for_each_chunk(|bytes, order| {
-            convert::decode(from.dtype, order, bytes, &mut values);
+        let data = self.data.clone();
+        read_chunks(&data, 0, data.len(), |bytes| {
+            convert::decode(from.dtype, data.order(), bytes, &mut values);
             convert::rescale(
                 &mut values,
                 from,
@@ -542,49 +552,9 @@ impl Image {
                 },
             );
             out.extend_from_slice(&values);
-        })?;
+        })
+        .map_err(|e| self.data_error(e.to_string()))?;
         Ok(out)
-    }
-
-    fn read_stored(&self) -> Result<VoxelBuffer, ImageError> {
-        let dtype = self.dtype;
-        match &self.store {
-            Store::Memory(buffer) => Ok((**buffer).clone()),
-            Store::Converted(_) => Ok((*self.materialize()?).clone()),
-            Store::File(source) => {
-                let mut bytes = vec![0; source.len as usize];
-                source
-                    .read_exact_at(&mut bytes, 0)
-                    .map_err(|e| self.data_error(e.to_string()))?;
-                Ok(VoxelBuffer::from_bytes(
-                    dtype,
-                    &self.shape,
-                    &bytes,
-                    source.order,
-                ))
-            }
-            Store::Unloaded => {
-                let loaded = self.loaded.as_ref().expect("unloaded data have a file");
-                if let Some(why) = self.origin.as_ref().and_then(|o| o.check()) {
-                    return Err(ImageError::DataUnavailable(format!(
-                        "{why}; its data were never loaded"
-                    )));
-                }
-                let bytes = read_original(loaded, self.origin.as_deref())
-                    .map_err(ImageError::DataUnavailable)?;
-                if let Some(why) = self.origin.as_ref().and_then(|o| o.check()) {
-                    return Err(ImageError::DataUnavailable(format!(
-                        "{why} while its data were being read"
-                    )));
-                }
-                Ok(VoxelBuffer::from_bytes(
-                    dtype,
-                    &self.shape,
-                    &bytes,
-                    loaded.header.order(),
-                ))
-            }
-        }
     }
 
     /// Sets the affine, as nibabel's `update_header` writes it on save: into the sform
@@ -710,81 +680,30 @@ impl Image {
     }
 }
 
-/// The data of a compressed original, read whole. A failure is kept by the origin: the state
-/// names it, and later reads fail with it at once.
-pub fn read_original(
-    loaded: &format::LoadedFile,
-    origin: Option<&Origin>,
-) -> Result<Vec<u8>, String> {
-    if let Some(why) = origin.and_then(Origin::unreadable) {
-        return Err(why.to_string());
-    }
-    loaded.read_data().map_err(|e| {
-        let why = e.to_string();
-        if let Some(origin) = origin {
-            origin.mark_unreadable(why.clone());
-        }
-        why
-    })
-}
-
-/// The numbers of a base converted from `from` to `to`, in memory in native byte order, on
-/// two threads.
-fn convert_all(
-    base: &Base,
-    from: Encoding,
-    to: Encoding,
-    values: Option<ValueRange>,
-    shape: &[u64],
-) -> std::io::Result<VoxelBuffer> {
-    let mut out = VoxelBuffer::zeros(to.dtype, shape);
-    let (in_unit, out_unit) = (from.dtype.size(), to.dtype.size());
-    let convert_part = |dst: &mut [u8], first_voxel: usize| -> std::io::Result<()> {
-        let chunk_voxels = (4 << 20) / in_unit;
-        let mut buf = Vec::new();
-        for (i, dst) in dst.chunks_mut(chunk_voxels * out_unit).enumerate() {
-            let n = dst.len() / out_unit;
-            let at = ((first_voxel + i * chunk_voxels) * in_unit) as u64;
-            buf.resize(n * in_unit, 0);
-            base.read_native(&mut buf, at, from.dtype.swap_width())?;
-            convert::convert_into(&buf, format::ByteOrder::native(), from, to, values, dst);
-        }
-        Ok(())
-    };
-    let half = out.bytes().len() / out_unit / 2;
-    let (first, second) = out.bytes_mut().split_at_mut(half * out_unit);
-    std::thread::scope(|s| {
-        let other = s.spawn(|| convert_part(second, half));
-        let mine = convert_part(first, 0);
-        other.join().expect("conversion thread").and(mine)
-    })?;
-    Ok(out)
-}
-
-/// The stored range of data bytes `[a, b)` of an original file, read in 4 MiB chunks.
-fn file_range(source: &FileSource, dtype: DataType, a: u64, b: u64) -> std::io::Result<ValueRange> {
+/// The stored range of data bytes `[a, b)`, read in 4 MiB chunks.
+fn data_range(data: &DataObj, a: u64, b: u64) -> std::io::Result<ValueRange> {
     let mut range = ValueRange::default();
-    read_chunks(source, dtype, a, b, |bytes| {
-        range = range.merge(convert::stored_range(dtype, source.order, bytes));
+    read_chunks(data, a, b, |bytes| {
+        range = range.merge(convert::stored_range(data.dtype(), data.order(), bytes));
     })?;
     Ok(range)
 }
 
-/// Visits data bytes `[a, b)` of an original file in 4 MiB chunks of whole elements, through
-/// one reused buffer.
+/// Visits data bytes `[a, b)` in 4 MiB chunks of whole elements, in the data object's byte
+/// order, through one reused buffer.
 fn read_chunks(
-    source: &FileSource,
-    dtype: DataType,
+    data: &DataObj,
     a: u64,
     b: u64,
     mut visit: impl FnMut(&[u8]),
 ) -> std::io::Result<()> {
-    let chunk = ((4 << 20) / dtype.size() * dtype.size()) as u64;
+    let unit = data.dtype().size();
+    let chunk = ((4 << 20) / unit * unit) as u64;
     let mut buf = vec![0; chunk.min(b - a) as usize];
     let mut at = a;
     while at < b {
         let n = chunk.min(b - at) as usize;
-        source.read_exact_at(&mut buf[..n], at)?;
+        data.read_at(&mut buf[..n], at)?;
         visit(&buf[..n]);
         at += n as u64;
     }

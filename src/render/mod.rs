@@ -1,85 +1,21 @@
 //! Rendering: an image laid out as a single-file NIfTI, produced for any byte range on demand.
 //!
 //! A [`Rendering`] is an immutable snapshot of one image version. The header and extensions are
-//! computed once (a few KiB); the data bytes are produced per request from wherever the data
-//! are: streamed from the original file after a header-only edit, converted range by range
-//! from the original after a datatype change, decompressed once from a `.gz` original, or taken
-//! from memory (data written or handed over by another process), swapped into the header's
-//! byte order when needed. Nothing is written to disk.
+//! computed once (a few KiB); the data bytes are produced per request from the image's data
+//! object ([`DataObj`]), wherever the numbers are (the original file, a gzip stream read by
+//! range through its index, memory, or a conversion of any of these), swapped into the
+//! header's byte order when needed. Nothing is written to disk.
 
 use std::io::{self, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use crate::format::io::{LoadedFile, single_file_prefix};
+use crate::format::io::single_file_prefix;
 use crate::format::{ByteOrder, Flavor};
-use crate::image::data::Conversion;
 use crate::image::data::swap_in_place;
-use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
-
-/// Where a rendering takes its stored numbers from.
-#[derive(Debug)]
-enum Source {
-    File(Arc<FileSource>),
-    /// An original's numbers, converted to the served type per read.
-    Converted(Arc<Conversion>),
-    Memory(Arc<VoxelBuffer>),
-    /// A compressed original, decompressed on the first read of its data.
-    Compressed {
-        loaded: Box<LoadedFile>,
-        origin: Arc<Origin>,
-        shape: Vec<u64>,
-        cell: OnceLock<Result<Arc<VoxelBuffer>, String>>,
-    },
-}
-
-impl Source {
-    /// Fills `buf` with stored bytes from `at`, and says their byte order.
-    fn read(&self, buf: &mut [u8], at: u64) -> io::Result<ByteOrder> {
-        match self {
-            Source::File(file) => {
-                file.read_exact_at(buf, at)?;
-                Ok(file.order)
-            }
-            Source::Converted(c) => {
-                c.read(buf, at / c.to.dtype.size() as u64)?;
-                Ok(ByteOrder::native())
-            }
-            Source::Memory(data) => {
-                copy_from(data.bytes(), buf, at);
-                Ok(ByteOrder::native())
-            }
-            Source::Compressed {
-                loaded,
-                origin,
-                shape,
-                cell,
-            } => {
-                let data = cell.get_or_init(|| decompress(loaded, origin, shape));
-                match data {
-                    Ok(data) => {
-                        copy_from(data.bytes(), buf, at);
-                        Ok(ByteOrder::native())
-                    }
-                    Err(why) => Err(io::Error::other(why.clone())),
-                }
-            }
-        }
-    }
-}
-
-impl Source {
-    /// The stored numbers, when they are in memory in native byte order.
-    fn in_memory(&self) -> Option<&Arc<VoxelBuffer>> {
-        match self {
-            Source::Memory(data) => Some(data),
-            Source::Compressed { cell, .. } => cell.get().and_then(|r| r.as_ref().ok()),
-            Source::File(_) | Source::Converted(_) => None,
-        }
-    }
-}
+use crate::image::{DataObj, Image, VoxelBuffer};
 
 /// Bytes of a rendered file: copied, a range of voxel data shared with the image, or a range
-/// of the mapped original for the kernel to copy (see [`FileSource::mapping`]: meant for a
+/// of the mapped original for the kernel to copy (see [`crate::image::FileSource::mapping`]: meant for a
 /// reply, not for reading here).
 pub enum Chunk {
     Owned(Vec<u8>),
@@ -117,36 +53,11 @@ impl Drop for Chunk {
     }
 }
 
-fn copy_from(src: &[u8], buf: &mut [u8], at: u64) {
-    let at = at as usize;
-    buf.copy_from_slice(&src[at..at + buf.len()]);
-}
-
-fn decompress(
-    loaded: &LoadedFile,
-    origin: &Origin,
-    shape: &[u64],
-) -> Result<Arc<VoxelBuffer>, String> {
-    if let Some(why) = origin.check() {
-        return Err(format!("{why}; its data were never loaded"));
-    }
-    let bytes = crate::image::read_original(loaded, Some(origin))?;
-    if let Some(why) = origin.check() {
-        return Err(format!("{why} while its data were being read"));
-    }
-    Ok(Arc::new(VoxelBuffer::from_bytes(
-        loaded.dtype,
-        shape,
-        &bytes,
-        loaded.header.order(),
-    )))
-}
-
 /// One image version as a single-file NIfTI.
 #[derive(Debug)]
 pub struct Rendering {
     prefix: Vec<u8>,
-    source: Source,
+    data: DataObj,
     /// Bytes per voxel.
     unit: u64,
     /// The width of the units a byte-order swap reverses (a complex number's parts).
@@ -170,20 +81,13 @@ impl Rendering {
         let prefix = single_file_prefix(&header, image.extensions());
         let dtype = image.encoding().dtype;
         let voxels: u64 = image.shape().iter().product();
-        let source = match image.store() {
-            Store::File(file) => Source::File(file.clone()),
-            Store::Converted(c) => Source::Converted(c.clone()),
-            Store::Memory(data) => Source::Memory(data.clone()),
-            Store::Unloaded => Source::Compressed {
-                loaded: Box::new(image_loaded(image)?),
-                origin: image.origin().cloned().ok_or("no original to load from")?,
-                shape: image.shape().to_vec(),
-                cell: OnceLock::new(),
-            },
-        };
+        let data = image.dataobj().clone();
+        if let Some(why) = image.origin().and_then(|o| o.unreadable()) {
+            return Err(why.to_string());
+        }
         Ok(Rendering {
             prefix,
-            source,
+            data,
             unit: dtype.size() as u64,
             swap_unit: dtype.swap_width(),
             out_order: header.order(),
@@ -210,7 +114,7 @@ impl Rendering {
             return Ok(Chunk::Owned(Vec::new()));
         }
         let plen = self.prefix.len() as u64;
-        if let Source::File(file) = &self.source
+        if let Some(file) = self.data.file_source()
             && offset >= plen
             && file.order == self.out_order
             && let Some(map) = file.mapping()
@@ -224,7 +128,7 @@ impl Rendering {
                 return Ok(Chunk::Mapped(map.clone(), a..b));
             }
         }
-        if let Some(data) = self.source.in_memory()
+        if let Some(data) = self.data.in_memory()
             && offset >= plen
             && self.out_order == ByteOrder::native()
         {
@@ -253,8 +157,8 @@ impl Rendering {
         let skip = (a - e0 * self.unit) as usize;
         let start = out.len();
         out.resize(start + ((e1 - e0) * self.unit) as usize, 0);
-        let order = self.source.read(&mut out[start..], e0 * self.unit)?;
-        if order != self.out_order {
+        self.data.read_at(&mut out[start..], e0 * self.unit)?;
+        if self.data.order() != self.out_order {
             swap_in_place(&mut out[start..], self.swap_unit);
         }
         out.truncate(start + skip + (b - a) as usize);
@@ -276,11 +180,4 @@ impl Rendering {
         }
         Ok(())
     }
-}
-
-fn image_loaded(image: &Image) -> Result<LoadedFile, String> {
-    image
-        .loaded_file()
-        .cloned()
-        .ok_or_else(|| "the image's data are not available".to_string())
 }
