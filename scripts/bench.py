@@ -667,6 +667,188 @@ def case_header_readers(ctx, m):
     m.call(op="rm", name=name)
 
 
+def make_gz_data(workdir: Path, big: bool):
+    """Realistic compressed images written by nibabel (its default gzip level): a smooth
+    anatomy-like volume series with noise, int16 and float32, about 256 MiB each decompressed,
+    and with --gz-big a float32 one of about 1 GiB."""
+    import nibabel as nib
+    import numpy as np
+
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    vol_bytes = BIG_XYZ[0] * BIG_XYZ[1] * BIG_XYZ[2] * 4
+    plans = [("gz256_i16", np.int16, 256 * MIB // (vol_bytes // 2)),
+             ("gz256_f32", np.float32, 256 * MIB // vol_bytes)]
+    if big:
+        plans.append(("gz1g_f32", np.float32, 1024 * MIB // vol_bytes))
+    out = {}
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in BIG_XYZ), indexing="ij")
+    base = (1000 + 10 * x + 5 * y - 3 * z).astype(np.float32)
+    for key, dtype, nt in plans:
+        path = data / f"{key}_{nt}.nii.gz"
+        if not path.exists():
+            log(f"writing {path.name} with nibabel")
+            rng = np.random.default_rng(3)
+            arr = np.empty(BIG_XYZ + (nt,), dtype=dtype, order="F")
+            for t in range(nt):
+                arr[..., t] = base + rng.standard_normal(BIG_XYZ, dtype=np.float32) * 20 + t
+            img = nib.Nifti1Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+            img.header.set_data_dtype(dtype)
+            tmp = path.with_name(path.name + ".part.nii.gz")
+            nib.save(img, tmp)
+            os.replace(tmp, path)
+            del arr, img
+        out[key] = path
+    return out
+
+
+def case_gzip(ctx, m):
+    """gz. Compressed originals (issue 9): header readers, first pass, index reuse, memory."""
+    R = ctx.repeat
+    py = sys.executable
+    gz = make_gz_data(ctx.workdir, ctx.args.gz_big)
+    src = gz["gz256_i16"]
+    for p in gz.values():
+        cat(p)  # hot in the page cache for both sides
+
+    # Header readers on a header-edited .nii.gz through the mount vs on the original.
+    name = "gzhdr"
+    m.cli("add", f"{name}={src}")
+    f = m.file(name)
+    tools = [("nifti_tool -disp_hdr", lambda p: ["nifti_tool", "-disp_hdr", "-infiles", str(p)]),
+             ("mrinfo", lambda p: ["mrinfo", str(p)])]
+    for label, mk in tools:
+        m.begin_case()
+        m.cli("set", name, "descrip=warm")
+        run(mk(src)), run(mk(f))
+        ti, tb = [], []
+        for i in range(max(R, 9)):
+            m.cli("set", name, f"descrip=imgfs bench gz {label[:6]} {i}")  # new version
+            if i % 2:
+                tb.append(run(mk(src))[0]); ti.append(run(mk(f))[0])
+            else:
+                ti.append(run(mk(f))[0]); tb.append(run(mk(src))[0])
+        add_row("gz", f"header-edited .nii.gz: {label}", ti, tb, target=("ratio", 0.5),
+                res=m.end_case(), notes=[
+                    f"{src.name}: a new header version before each run (untimed), through "
+                    f"the mount vs on the original .nii.gz"])
+    m.call(op="rm", name=name)
+
+    # First full cat of a header-edited image (fresh index each time) vs pigz -dc.
+    first, pig, rss_growth = [], [], []
+    m.begin_case()
+    for i in range(R):
+        name = f"gzcat{i}"
+        m.cli("add", f"{name}={src}")
+        m.cli("set", name, f"descrip=imgfs bench gz cat {i}")
+        rss0 = m.rss()
+        if i % 2:
+            pig.append(run(["pigz", "-dc", str(src)])[0]); first.append(cat(m.file(name)))
+        else:
+            first.append(cat(m.file(name))); pig.append(run(["pigz", "-dc", str(src)])[0])
+        rss_growth.append(m.rss() - rss0)
+        if i < R - 1:
+            m.call(op="rm", name=name)
+    add_row("gz", "first full cat of header-edited .nii.gz vs pigz -dc", first, pig,
+            target=("ratio", 1.0), res=m.end_case(), notes=[
+                f"{src.name} ({os.path.getsize(src) / MIB:.0f} MiB compressed); a fresh image "
+                f"(new index) per repetition; daemon RSS growth per first read: "
+                f"{', '.join(f'{g:+.1f}' for g in rss_growth)} MiB"])
+
+    # The index outlives edits: the last 1 MiB of a new version after one full pass.
+    name = f"gzcat{R - 1}"
+    size = os.path.getsize(m.file(name))
+    tail = []
+    m.begin_case()
+    for i in range(max(R, 5)):
+        m.cli("set", name, f"descrip=imgfs bench gz tail {i}")
+        t0 = time.perf_counter()
+        with open(m.file(name), "rb") as fh:
+            fh.seek(size - MIB)
+            got = len(fh.read(MIB))
+        tail.append(time.perf_counter() - t0)
+        if got != MIB:
+            raise BenchError(f"read {got} bytes of the last MiB")
+    add_row("gz", "last 1 MiB of a new header version after one pass", tail,
+            target=("max", 0.020, "s"), value=median(tail), res=m.end_case(), notes=[
+                "open + seek + read(1 MiB) in this process, a new version (`imgfs set`, "
+                "untimed) before each"])
+    m.call(op="rm", name=name)
+
+    # Memory: 20 header-edited 256 MiB .nii.gz images (20 different files), each read once.
+    copies = []
+    try:
+        for i in range(20):
+            c = ctx.workdir / "data" / f"gzcopy{i}.nii.gz"
+            shutil.copyfile(src, c)
+            copies.append(c)
+        m.begin_case()
+        rss0 = m.rss()
+        for i, c in enumerate(copies):
+            m.cli("add", f"gzmany{i}={c}")
+            m.cli("set", f"gzmany{i}", "descrip=imgfs bench gz many")
+            cat(m.file(f"gzmany{i}"))
+        res = m.end_case()
+        add_row("gz", "daemon RSS after 20 header-edited 256 MiB .nii.gz read once",
+                target=("max", 300.0, "MiB"), value=m.rss(), res=res, notes=[
+                    f"RSS before the 20 adds {rss0:.1f} MiB; 20 copies of {src.name}"])
+        for i in range(20):
+            m.call(op="rm", name=f"gzmany{i}")
+    finally:
+        for c in copies:
+            c.unlink(missing_ok=True)
+
+    # Memory: fully reading a header-edited 1 GiB .nii.gz.
+    if "gz1g_f32" in gz:
+        name = "gzbig"
+        m.begin_case()
+        m.cli("add", f"{name}={gz['gz1g_f32']}")
+        m.cli("set", name, "descrip=imgfs bench gz big")
+        rss0 = m.rss()
+        t = cat(m.file(name))
+        growth = m.rss() - rss0
+        add_row("gz", "RSS growth, full read of header-edited 1 GiB .nii.gz",
+                target=("max", 80.0, "MiB"), value=growth, res=m.end_case(), notes=[
+                    f"{gz['gz1g_f32'].name}: first full cat {t:.2f} s; RSS before {rss0:.1f} MiB"])
+        m.call(op="rm", name=name)
+
+    # set datatype=int16 + first cat of the float32 .nii.gz vs nibabel.
+    src = gz["gz256_f32"]
+    ti, tb, inner = [], [], []
+    m.begin_case()
+    for i in range(R):
+        name = f"gzdt{i}"
+        m.cli("add", f"{name}={src}")
+        out = shm_path(f"gzdt{i}")
+
+        def imgfs_way():
+            t0 = time.perf_counter()
+            m.cli("set", name, "datatype=int16")
+            cat(m.file(name))
+            ti.append(time.perf_counter() - t0)
+
+        def nib_way():
+            t0 = time.perf_counter()
+            _, p = run([py, str(Path(__file__).resolve()), "--nib-convert", str(src), out,
+                        "int16"], capture=True)
+            cat(out)
+            tb.append(time.perf_counter() - t0)
+            inner.append(json.loads(p.stdout.decode().strip().splitlines()[-1]))
+
+        if i % 2:
+            nib_way(); imgfs_way()
+        else:
+            imgfs_way(); nib_way()
+        shm_remove(out)
+        m.call(op="rm", name=name)
+    add_row("gz", "set datatype=int16 + first cat of float32 .nii.gz vs nibabel", ti, tb,
+            target=("ratio", 1.2), res=m.end_case(), notes=[
+                f"{src.name}; nibabel: a process that loads the .nii.gz, set_data_dtype, saves "
+                f"to /dev/shm, then cat; its load+convert median "
+                f"{median([r['load_s'] for r in inner]):.2f} s, save "
+                f"{median([r['save_s'] for r in inner]):.2f} s"])
+
+
 def case_mrstats(ctx, m):
     """6. mrstats -output mean -allvolumes through the mount (clean) vs direct."""
     if ctx.args.skip_mrstats:
@@ -860,9 +1042,11 @@ def main():
                     help="fresh mounts for the 10,000-image case")
     ap.add_argument("--small-count", type=int, default=10000)
     ap.add_argument("--skip-mrstats", action="store_true")
+    ap.add_argument("--gz-big", action="store_true",
+                    help="case gz: also write and read a 1 GiB .nii.gz (slow to generate)")
     ap.add_argument("--skip-handoff", action="store_true")
-    ap.add_argument("--cases", default="1,2,4,5,6,7,handoff,unpriv",
-                    help="comma-separated subset of 1,2,4,5,6,7,handoff,unpriv (2 includes 3; "
+    ap.add_argument("--cases", default="1,2,4,5,6,7,gz,handoff,unpriv",
+                    help="comma-separated subset of 1,2,4,5,6,7,gz,handoff,unpriv (2 includes 3; "
                          "unpriv runs 1-3 as an ordinary user, without passthrough)")
     ap.add_argument("--mount-root", help="make mount points here (default: under --workdir)")
     ap.add_argument("--label-suffix", default="", help=argparse.SUPPRESS)
@@ -898,7 +1082,7 @@ def main():
         ctx.data = make_data(ctx.workdir, args.size_mib, args.small_count)
         m = Mount(ctx.imgfs, ctx.workdir, "main")
         steps = [("1", case_clean_read), ("2", case_dirty), ("4", case_header_edit),
-                 ("5", case_header_readers), ("6", case_mrstats)]
+                 ("5", case_header_readers), ("6", case_mrstats), ("gz", case_gzip)]
         for key, fn in steps:
             if key in cases:
                 log(f"case {key}: {fn.__doc__.splitlines()[0]}")

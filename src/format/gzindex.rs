@@ -787,6 +787,10 @@ pub struct GzIndex {
     builder: Mutex<Builder>,
     cache: Arc<GzCache>,
     id: u64,
+    /// Segments being inflated into the cache now: a second reader of one waits for it
+    /// instead of inflating it again.
+    inflight: Mutex<std::collections::HashSet<usize>>,
+    inflated_one: parking_lot::Condvar,
     hits: AtomicU64,
     misses: AtomicU64,
     inflated: AtomicU64,
@@ -861,6 +865,8 @@ impl GzIndex {
                 .cache
                 .unwrap_or_else(|| Arc::new(GzCache::new(options.cache_bytes))),
             id: NEXT_INDEX_ID.fetch_add(1, Ordering::Relaxed),
+            inflight: Mutex::new(std::collections::HashSet::new()),
+            inflated_one: parking_lot::Condvar::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             inflated: AtomicU64::new(0),
@@ -1032,20 +1038,75 @@ impl GzIndex {
                 return Ok(copy(&b.seg, b.seg_base, buf));
             }
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
         let limit = seg_end.unwrap_or(built).min(built);
         let whole_len = limit - point.out;
         if seg_end.is_some() && whole_len <= self.cache.budget() {
-            let mut data = vec![0; whole_len as usize];
-            self.inflate_from(&point, point.out, &mut data)?;
-            let data: Arc<[u8]> = data.into();
-            let n = copy(&data, point.out, buf);
-            self.cache.0.lock().insert((self.id, index), data);
-            return Ok(n);
+            let data = self.segment(index, &point, whole_len)?;
+            return Ok(copy(&data, point.out, buf));
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let n = buf.len().min((limit - pos) as usize);
         self.inflate_from(&point, pos, &mut buf[..n])?;
         Ok(n)
+    }
+
+    /// The whole completed segment `index` (`len` bytes from `point`), from the cache or
+    /// inflated into it; if another thread is inflating it, waits for that one.
+    fn segment(&self, index: usize, point: &Point, len: u64) -> Result<Arc<[u8]>, GzError> {
+        {
+            let mut inflight = self.inflight.lock();
+            loop {
+                if let Some(data) = self.cache.0.lock().get((self.id, index)) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(data);
+                }
+                if inflight.insert(index) {
+                    break;
+                }
+                self.inflated_one.wait(&mut inflight);
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let mut data = vec![0; len as usize];
+        let result = self.inflate_from(point, point.out, &mut data);
+        let data: Arc<[u8]> = data.into();
+        if result.is_ok() {
+            self.cache.0.lock().insert((self.id, index), data.clone());
+        }
+        self.inflight.lock().remove(&index);
+        self.inflated_one.notify_all();
+        result.map(|()| data)
+    }
+
+    /// Inflates the completed segment holding output byte `offset` into the cache, unless it
+    /// is there or on its way (for decompressing ahead of a sequential reader on another
+    /// core). Returns false if there is no such segment yet or it does not fit the cache.
+    pub fn prefetch(&self, offset: u64) -> Result<bool, GzError> {
+        let (index, point, seg_end) = {
+            let shared = self.shared.read();
+            if offset >= shared.built {
+                return Ok(false);
+            }
+            let i = shared
+                .points
+                .partition_point(|p| p.out <= offset)
+                .saturating_sub(1);
+            let seg_end = shared.points.get(i + 1).map(|p| p.out).or(shared.len);
+            (i, shared.points[i].clone(), seg_end)
+        };
+        let Some(seg_end) = seg_end else {
+            return Ok(false);
+        };
+        let len = seg_end - point.out;
+        if len > self.cache.budget() || self.inflight.lock().contains(&index) {
+            return Ok(false);
+        }
+        self.segment(index, &point, len).map(|_| true)
+    }
+
+    /// The output bytes between access points.
+    pub fn span(&self) -> u64 {
+        self.span
     }
 
     /// Inflates from `point` and fills `dst` with the output at `from`.

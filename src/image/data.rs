@@ -332,6 +332,8 @@ pub struct GzSource {
     seen: FileIdentity,
     /// Told when the stream turns out broken, so the image's state names it.
     origin: Arc<Origin>,
+    /// Set while a thread inflates ahead of the reader.
+    ahead_busy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for GzSource {
@@ -369,12 +371,13 @@ impl GzSource {
             order,
             seen,
             origin,
+            ahead_busy: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Fills `buf` from data byte `at`, in the file's byte order. A broken stream is recorded
     /// by the origin, so the state names it and every later read fails at once.
-    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+    fn read_exact_at(self: &Arc<Self>, buf: &mut [u8], at: u64) -> io::Result<()> {
         if let Some(why) = self.origin.unreadable() {
             return Err(io::Error::other(why.to_string()));
         }
@@ -415,7 +418,30 @@ impl GzSource {
             self.origin.mark_lost(why.clone());
             return Err(io::Error::other(why));
         }
+        self.read_ahead(start + buf.len() as u64);
         Ok(())
+    }
+
+    /// Once the index is complete, inflates the segment after the next one into the cache on
+    /// another thread, while this one inflates the next itself when it gets there: a
+    /// sequential reader then has two cores inflating for it (access points are independent).
+    /// One such thread at a time per image; its errors are left for the reader to meet.
+    fn read_ahead(self: &Arc<Self>, end: u64) {
+        use std::sync::atomic::Ordering;
+        if self.index.len_if_known().is_none() || self.ahead_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let target = end.saturating_add(self.index.span());
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gzip-ahead".into())
+            .spawn(move || {
+                let _ = me.index.prefetch(target);
+                me.ahead_busy.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.ahead_busy.store(false, Ordering::Release);
+        }
     }
 
     /// What the index holds, for tests and status.
