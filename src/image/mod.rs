@@ -12,7 +12,6 @@ pub mod data;
 pub mod origin;
 mod state;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,15 +20,12 @@ use std::time::SystemTime;
 pub use convert::Encoding;
 pub use data::{DataObj, Element, FileSource, GzSource, VoxelBuffer};
 pub use origin::{FileIdentity, Origin};
-pub use state::{DirtyState, Reason};
+use state::Tracker;
+pub use state::{DirtyState, LARGE_EXTENSION, Reason};
 
 use crate::format::header::FieldValue;
 use crate::format::{self, Affine, DataType, Extension, Flavor, FormatError, Header};
 use convert::ValueRange;
-
-/// Extensions larger than this are not compared byte for byte: once handed out for writing
-/// they count as changed, as the design note proposes.
-pub const LARGE_EXTENSION: usize = 64 * 1024;
 
 /// Why an operation on an image failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,37 +40,6 @@ pub enum ImageError {
     Refused(String),
     #[error("{0}")]
     DataUnavailable(String),
-}
-
-/// What the image looked like at load (or when last marked clean).
-#[derive(Clone, Debug)]
-struct Baseline {
-    header: Header,
-    affine: Affine,
-    /// Small extensions by content; large ones by size only.
-    extensions: Vec<(i32, Option<Vec<u8>>)>,
-}
-
-impl Baseline {
-    fn of(header: &Header, affine: &Affine, extensions: &[Extension]) -> Baseline {
-        Baseline {
-            header: header.clone(),
-            affine: *affine,
-            extensions: extensions
-                .iter()
-                .map(|e| {
-                    let small = e.content.len() <= LARGE_EXTENSION;
-                    (e.code, small.then(|| e.content.clone()))
-                })
-                .collect(),
-        }
-    }
-}
-
-/// The user's override of the computed state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mark {
-    Dirty,
 }
 
 /// A neuroimaging image held in memory.
@@ -94,10 +59,8 @@ pub struct Image {
     /// Whether the affine comes from an SPM `.mat` sidecar, not from the header.
     sidecar_affine: bool,
     origin: Option<Arc<Origin>>,
-    baseline: Baseline,
-    data_written: bool,
-    large_extensions_out: BTreeSet<usize>,
-    mark: Option<Mark>,
+    /// What changed since load: the one place the image's clean/dirty answer comes from.
+    tracker: Tracker,
     changed_at: SystemTime,
     generation: u64,
     /// The value range of a base in an encoding, computed once and reused by every datatype
@@ -180,7 +143,7 @@ impl Image {
         let header = loaded.header.clone();
         let affine = loaded.affine();
         Ok(Image {
-            baseline: Baseline::of(&header, &affine, &loaded.extensions),
+            tracker: Tracker::new(&header, &affine, &loaded.extensions),
             extensions: loaded.extensions.clone(),
             shape: loaded.shape.clone(),
             header,
@@ -191,9 +154,6 @@ impl Image {
             sidecar_affine: loaded.sidecar_affine.is_some(),
             changed_at: SystemTime::now(),
             origin: Some(origin),
-            data_written: false,
-            large_extensions_out: BTreeSet::new(),
-            mark: None,
             generation: 0,
             base_range: None,
             base_scaling: None,
@@ -222,7 +182,7 @@ impl Image {
             header.set_sform(&affine, code);
         }
         Ok(Image {
-            baseline: Baseline::of(&header, &affine, &extensions),
+            tracker: Tracker::new(&header, &affine, &extensions),
             shape: data.shape().to_vec(),
             header,
             extensions,
@@ -232,9 +192,6 @@ impl Image {
             original: None,
             sidecar_affine: false,
             origin: None,
-            data_written: false,
-            large_extensions_out: BTreeSet::new(),
-            mark: None,
             changed_at: SystemTime::now(),
             generation: 0,
             base_range: None,
@@ -528,7 +485,7 @@ impl Image {
             self.data = DataObj::memory(converted);
             self.base_scaling = None;
         }
-        self.data_written = true;
+        self.tracker.data_written();
         self.touch();
         self.data
             .make_mut()
@@ -577,7 +534,7 @@ impl Image {
     pub fn extension_mut(&mut self, index: usize) -> Option<&mut Extension> {
         let large = self.extensions.get(index)?.content.len() > LARGE_EXTENSION;
         if large {
-            self.large_extensions_out.insert(index);
+            self.tracker.large_extension_out(index);
         }
         self.touch();
         self.extensions.get_mut(index)
@@ -598,16 +555,13 @@ impl Image {
 
     /// The user's override: the image is to be taken as its original from now on.
     pub fn mark_clean(&mut self) {
-        self.baseline = Baseline::of(&self.header, &self.affine, &self.extensions);
-        self.data_written = false;
-        self.large_extensions_out.clear();
-        self.mark = None;
+        self.tracker = Tracker::new(&self.header, &self.affine, &self.extensions);
         self.touch();
     }
 
     /// The user's override: the image is to be taken as changed until marked clean.
     pub fn mark_dirty(&mut self) {
-        self.mark = Some(Mark::Dirty);
+        self.tracker.mark_dirty();
         self.touch();
     }
 
@@ -625,39 +579,10 @@ impl Image {
                 }
             }
         }
-        if self.mark == Some(Mark::Dirty) {
-            reasons.push(Reason::MarkedDirty);
-        }
-        if self.data_written {
-            reasons.push(Reason::DataWritten);
-        }
-        for name in self.header.differing_fields(&self.baseline.header) {
-            reasons.push(Reason::HeaderField(name.to_string()));
-        }
-        if format::affine::max_abs_diff(&self.affine, &self.baseline.affine) > 0.0 {
-            reasons.push(Reason::AffineChanged);
-        }
-        if self.extensions.len() != self.baseline.extensions.len() {
-            reasons.push(Reason::ExtensionsAddedOrRemoved);
-        }
-        for (i, (ext, (code, content))) in self
-            .extensions
-            .iter()
-            .zip(&self.baseline.extensions)
-            .enumerate()
-        {
-            let changed = match content {
-                Some(bytes) => ext.code != *code || ext.content != *bytes,
-                None => ext.code != *code || self.large_extensions_out.contains(&i),
-            };
-            if changed {
-                reasons.push(if content.is_none() {
-                    Reason::LargeExtensionHandedOut(i)
-                } else {
-                    Reason::ExtensionChanged(i)
-                });
-            }
-        }
+        reasons.extend(
+            self.tracker
+                .reasons(&self.header, &self.affine, &self.extensions),
+        );
         DirtyState { reasons }
     }
 
