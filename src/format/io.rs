@@ -5,7 +5,7 @@
 //! allocated from it, and every error names the file.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -372,29 +372,6 @@ impl LoadedFile {
             ));
         }
         Ok(())
-    }
-
-    /// Reads the voxel data, in the file's byte order.
-    pub fn read_data(&self) -> Result<Vec<u8>, FormatError> {
-        let path = &self.file_map.image;
-        if self.file_map.compressed {
-            // Grows with what the stream really holds, never sized by the header alone.
-            let mut data = Vec::new();
-            self.decompress_data(|bytes| data.extend_from_slice(bytes))?;
-            return Ok(data);
-        }
-        self.check_image_size()?;
-        let mut file = open(path)?;
-        file.seek(SeekFrom::Start(self.data_offset))
-            .map_err(|e| FormatError::io(path, e))?;
-        let data = read_up_to(&mut file, self.data_len, path)?;
-        if (data.len() as u64) < self.data_len {
-            return Err(FormatError::invalid(
-                path,
-                "file is too short for its data: it shrank while being read",
-            ));
-        }
-        Ok(data)
     }
 
     /// Decompresses the data of a `.gz` original, handing them to `visit` piece by piece. The
