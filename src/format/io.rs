@@ -220,6 +220,9 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
         let mut image = reader(ipath, true)?;
         skip_to(&mut *image, &mut 0, data_offset, ipath)?;
     }
+    if file_map.compressed {
+        check_deflate_bound(&file_map.image, data_offset, data_len)?;
+    }
 
     let sidecar_affine = match file_map.sidecar() {
         Some(mat) if header.flavor() == Flavor::Analyze && mat.exists() => {
@@ -247,6 +250,30 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
         loaded.check_image_size()?;
     }
     Ok(loaded)
+}
+
+/// Deflate codes at most 258 bytes of output in about two bits of input, so no gzip stream
+/// inflates to more than this many times its own size.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Refuses a compressed image whose header asks for more data than its stream could possibly
+/// inflate to: such a size would otherwise be served as the file's size until a read fails.
+/// The stream's true length is known only after a whole pass, which `load` does not make.
+fn check_deflate_bound(image: &Path, data_offset: u64, data_len: u64) -> Result<(), FormatError> {
+    let compressed = std::fs::metadata(image)
+        .map_err(|e| FormatError::io(image, e))?
+        .len();
+    let most = compressed.saturating_mul(MAX_DEFLATE_RATIO);
+    match data_offset.checked_add(data_len) {
+        Some(end) if end <= most => Ok(()),
+        _ => Err(FormatError::invalid(
+            image,
+            format!(
+                "the header asks for {data_len} bytes of data from byte {data_offset}, but a \
+                 gzip stream of {compressed} bytes inflates to at most {most}"
+            ),
+        )),
+    }
 }
 
 /// A `vox_offset` at or past this (2^63) cannot be a position in any file.
