@@ -121,16 +121,32 @@ def _put_new(
     wire: Wire,
     extensions: list[tuple[int, bytes]],
 ) -> tuple[str, dict[str, Any]]:
-    """Insert under a fresh name; names may be taken by other clients, so retry on a clash
-    (known by the answer's kind: a daemon too old to send kinds makes a clash an error)."""
+    """Insert under a fresh name; names may be taken by other clients, so retry on a clash."""
     stem = _stem(img)
     for _ in range(1000):
         name = f"{stem}-{next(_counter)}"
         try:
             return name, m.put_wire(name, header, affine, wire, extensions, replace=False)
-        except NameTaken:
-            continue
+        except ImgfsError as e:
+            if _clash(m, name, e):
+                continue
+            raise
     raise ImgfsError(f"no free name for {stem} in {m.dir}")
+
+
+def _clash(m: Mount, name: str, e: ImgfsError) -> bool:
+    """Was `e`, the answer to inserting `name`, a name clash? Known by its kind; a daemon that
+    sends no kinds is asked whether the name exists (processes sharing a node's mount all
+    count from 1, so clashes are ordinary there)."""
+    if isinstance(e, NameTaken):
+        return True
+    if e.kind is not None:
+        return False
+    try:
+        m.show(name)
+    except ImgfsError:
+        return False
+    return True
 
 
 # -- removal at exit ------------------------------------------------------------------------
