@@ -2,8 +2,10 @@
 share the one the first of them starts, and the last one out unmounts it."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import imgfs_testlib  # noqa: F401 (puts the tree's imgfs on sys.path when not installed)
@@ -26,12 +28,11 @@ def _mounts_of(path):
         return [line for line in f if line.split()[1] == path]
 
 
-def test_ten_processes_start_the_default_mount_at_once(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir(mode=0o700)
+def test_ten_processes_start_the_default_mount_at_once():
+    run = tempfile.mkdtemp(prefix="imgfs-run-")  # short: the control socket's path must fit
     env = {k: v for k, v in os.environ.items() if k != "IMGFS_MOUNT"}
     env["XDG_RUNTIME_DIR"] = str(run)
-    default = str(run / "imgfs")
+    default = os.path.join(run, "imgfs")
     procs = [
         subprocess.Popen([sys.executable, "-c", PROG, str(i)], env=env, text=True,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -55,3 +56,4 @@ def test_ten_processes_start_the_default_mount_at_once(tmp_path):
             assert p.returncode == 0, err
     # the last process to let go of the mount a client started unmounts it
     assert _mounts_of(default) == []
+    shutil.rmtree(run)
