@@ -205,6 +205,9 @@ pub fn run_daemon(
     options: &MountOptions,
     on_ready: impl FnOnce(&Path),
 ) -> io::Result<()> {
+    // A reader of the daemon's stderr or a client that went away must never end the mount.
+    // SAFETY: setting a signal's disposition touches no memory.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let dir = prepare_dir(dir)?;
     return_large_buffers_at_once();
     let catalog = Arc::new(Catalog::with_gzip_cache(
