@@ -422,21 +422,32 @@ impl GzSource {
         Ok(())
     }
 
-    /// Once the index is complete, inflates the segment after the next one into the cache on
-    /// another thread, while this one inflates the next itself when it gets there: a
-    /// sequential reader then has two cores inflating for it (access points are independent).
-    /// One such thread at a time per image; its errors are left for the reader to meet.
+    /// Decompresses ahead of a sequential reader on another thread, one such thread at a time
+    /// per image; its errors are left for the reader to meet. While the first pass is still
+    /// under way, the thread runs it a few segments ahead (a step at a time, so the reader is
+    /// never locked out for long); once the index is complete, it inflates the segment after
+    /// the next one into the cache while the reader inflates the next itself: two cores
+    /// inflating for one reader (access points are independent).
     fn read_ahead(self: &Arc<Self>, end: u64) {
         use std::sync::atomic::Ordering;
-        if self.index.len_if_known().is_none() || self.ahead_busy.swap(true, Ordering::AcqRel) {
+        if self.ahead_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let target = end.saturating_add(self.index.span());
+        let span = self.index.span();
+        let first_pass = self.index.len_if_known().is_none();
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("gzip-ahead".into())
             .spawn(move || {
-                let _ = me.index.prefetch(target);
+                if first_pass {
+                    let target = end.saturating_add(span.saturating_mul(3));
+                    let mut at = end;
+                    while at < target && me.index.build_to(at).is_ok_and(|got| got >= at) {
+                        at = at.saturating_add(span / 2);
+                    }
+                } else {
+                    let _ = me.index.prefetch(end.saturating_add(span));
+                }
                 me.ahead_busy.store(false, Ordering::Release);
             });
         if spawned.is_err() {
