@@ -393,8 +393,14 @@ fn unmount(dir: Option<&Path>) -> Result<()> {
     }
 }
 
+/// Shells' convention for a command that could not be started.
+const EXIT_NOT_FOUND: u8 = 127;
+const EXIT_NOT_EXECUTABLE: u8 = 126;
+
 fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
     let dir = control::control_dir()?.join(format!("run-{}", std::process::id()));
+    // Removed last, whatever happens after this point: the mount below is dropped first.
+    let _dir_guard = RemoveDir(dir.clone());
     let mount = Mount::with_options(
         &dir,
         &MountOptions {
@@ -407,17 +413,90 @@ fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
         let (name, path) = image_arg(arg)?;
         mount.add(&name, &path)?;
     }
-    let status = Command::new(&command[0])
+    // As a shell does while it waits: an interrupt from the terminal reaches the command
+    // (same process group) and imgfs outlives it to clean up; a SIGTERM or SIGHUP sent to
+    // imgfs alone is passed on to the command.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGQUIT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let spawned = Command::new(&command[0])
         .args(&command[1..])
         .env("IMGFS_MOUNT", mount.dir())
-        .status()
-        .with_context(|| format!("running {}", command[0]))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            signals.handle().close();
+            let code = match (e.kind(), e.raw_os_error()) {
+                (std::io::ErrorKind::NotFound, _) => EXIT_NOT_FOUND,
+                (std::io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC)) => {
+                    EXIT_NOT_EXECUTABLE
+                }
+                _ => 1,
+            };
+            let why = match code {
+                EXIT_NOT_FOUND => "command not found".to_string(),
+                EXIT_NOT_EXECUTABLE => format!("cannot execute: {e}"),
+                _ => e.to_string(),
+            };
+            eprintln!("imgfs: {}: {why}", command[0]);
+            mount.unmount()?;
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    let handle = signals.handle();
+    let forwarder = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGTERM || signal == signal_hook::consts::SIGHUP {
+                // SAFETY: kill only sends a signal; the child is reaped only after this thread
+                // has stopped, so the pid still names it.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    });
+    // Waited for without reaping, so the pid names the command until the forwarder is gone.
+    // SAFETY: info is a live, zeroed siginfo_t that waitid fills.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        ) == -1
+            && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+        {}
+    }
+    handle.close();
+    let _ = forwarder.join();
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", command[0]))?;
     mount.unmount()?;
-    let _ = std::fs::remove_dir(&dir);
-    Ok(match status.code() {
-        Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        None => ExitCode::from(128 + 1),
-    })
+    Ok(ExitCode::from(exit_code(status)))
+}
+
+/// A command's status as a shell reports it: its exit code, or 128 + N after signal N.
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(255),
+        (None, None) => 255,
+    }
+}
+
+/// Removes an (empty) directory when dropped: `imgfs run` leaves no mount point behind.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// `imgfs info --json`: the header as nibabel names it.

@@ -47,3 +47,48 @@ def test_a_mount_point_with_a_backslash_space_and_tab_is_seen_as_mounted(tmp_pat
         proc = imgfs("unmount", path)
     assert proc.returncode == 0, describe(proc)
     assert path not in mount_points()
+
+
+def run_dirs():
+    d = "/tmp/imgfs-control-%d" % os.getuid()
+    return {n for n in os.listdir(d) if n.startswith("run-")} if os.path.isdir(d) else set()
+
+
+@pytest.mark.parametrize("command, status, message", [
+    (["sh", "-c", "exit 7"], 7, None),
+    (["sh", "-c", 'kill -TERM $$'], 128 + signal.SIGTERM, None),
+    (["sh", "-c", 'kill -KILL $$'], 128 + signal.SIGKILL, None),
+    (["no-such-command-xyz"], 127, "no-such-command-xyz: command not found"),
+    (["{plain}"], 126, "plain.txt: cannot execute"),
+    (["{garbage}"], 126, "garbage: cannot execute"),
+])
+def test_run_exits_as_a_shell_does_and_leaves_no_directory(tmp_path, command, status, message):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF\x00\x00garbage")
+    garbage.chmod(0o755)
+    command = [c.format(plain=plain, garbage=garbage) for c in command]
+    before = run_dirs()
+    proc = subprocess.run([helpers.imgfs_bin(), "run", "--", *command], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == status, describe(proc)
+    if message:
+        assert message in proc.stderr, proc.stderr
+    assert run_dirs() == before
+    assert not [p for p in mount_points() if "/run-" in p]
+
+
+def test_run_passes_a_sigterm_on_to_the_command_and_cleans_up():
+    before = run_dirs()
+    proc = subprocess.Popen([helpers.imgfs_bin(), "run", "--", "sleep", "30"],
+                            stderr=subprocess.PIPE, text=True)
+    for _ in range(200):
+        if run_dirs() - before and any("/run-" in p for p in mount_points()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM, proc.stderr.read()
+    assert run_dirs() == before
