@@ -92,3 +92,97 @@ def test_run_passes_a_sigterm_on_to_the_command_and_cleans_up():
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM, proc.stderr.read()
     assert run_dirs() == before
+
+
+class Raw:
+    """A bare connection to a mount's control socket: lines in, parsed lines out."""
+
+    def __init__(self, mount_dir):
+        import socket as socketlib
+        from imgfs._control import socket_path
+        self.sock = socketlib.socket(socketlib.AF_UNIX)
+        self.sock.connect(socket_path(str(mount_dir)))
+        self.reader = self.sock.makefile("rb")
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\n")
+
+    def lines(self):
+        """Every line up to and including the final answer (the one with `ok`)."""
+        out = []
+        while True:
+            line = self.reader.readline()
+            assert line, f"connection closed after {out}"
+            out.append(json.loads(line))
+            if "ok" in out[-1]:
+                return out
+
+    def ask(self, **request):
+        self.send(json.dumps(request))
+        return self.lines()[-1]
+
+    def close(self):
+        self.reader.close()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def mnt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("climnt") / "m"
+    proc = imgfs("mount", path)
+    assert proc.returncode == 0, describe(proc)
+    yield str(path)
+    imgfs("unmount", path)
+
+
+@pytest.fixture(scope="module")
+def broken_gz(tmp_path_factory):
+    """A .nii.gz whose header reads but whose data stream is cut short."""
+    import gzip
+    import nibabel as nib
+    import numpy as np
+    d = tmp_path_factory.mktemp("brokengz")
+    plain = d / "p.nii"
+    nib.save(nib.Nifti1Image(np.arange(64 ** 3, dtype=np.float32).reshape(64, 64, 64),
+                             np.eye(4)), str(plain))
+    packed = gzip.compress(plain.read_bytes())
+    path = d / "cut.nii.gz"
+    path.write_bytes(packed[:len(packed) // 3])
+    return str(path)
+
+
+def test_every_error_answer_carries_its_kind(mnt, tmp_path, broken_gz):
+    raw = Raw(mnt)
+    try:
+        assert raw.ask(op="add", path=ANAT, name="k")["ok"] is True
+        truncated = os.path.join(helpers.REPO, "tests", "data", "malformed",
+                                 "truncated_data.nii")
+        cases = [
+            ({"op": "nosuch"}, "bad_request"),
+            ({"op": "add", "path": ANAT, "bogus": 1}, "bad_request"),
+            ({"op": "add", "path": "relative.nii"}, "bad_request"),
+            ({"op": "mark", "name": "k", "state": "maybe"}, "bad_request"),
+            ({"op": "add", "path": ANAT, "name": "../x"}, "bad_name"),
+            ({"op": "path", "name": "nosuch"}, "unknown_name"),
+            ({"op": "add", "path": ANAT, "name": "k"}, "name_taken"),
+            ({"op": "set", "name": "k", "fields": [["nosuchfield", 1]]}, "refused"),
+            ({"op": "set", "name": "k", "fields": [["dim", [3, 1, 1, 1, 1, 1, 1, 1]]]},
+             "refused"),
+            ({"op": "add", "path": truncated, "name": "t"}, "bad_file"),
+            ({"op": "add", "path": "/nonexistent/x.nii", "name": "t"}, "bad_file"),
+            ({"op": "save", "name": "k", "out": "/nonexistent/dir/x.nii"}, "io"),
+        ]
+        for request, kind in cases:
+            answer = raw.ask(**request)
+            assert answer["ok"] is False, (request, answer)
+            assert answer["kind"] == kind, (request, answer)
+            assert answer["error"], (request, answer)
+        assert raw.ask(op="add", path=broken_gz, name="cut")["ok"] is True
+        raw.ask(op="set", name="cut", fields=[["datatype", "int16"]])
+        answer = raw.ask(op="path", name="cut")
+        assert (answer["ok"], answer.get("kind")) == (False, "unavailable"), answer
+        assert raw.ask(op="ping")["ok"] is True
+    finally:
+        raw.ask(op="rm", name="k")
+        raw.ask(op="rm", name="cut")
+        raw.close()
