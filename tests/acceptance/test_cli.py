@@ -186,3 +186,214 @@ def test_every_error_answer_carries_its_kind(mnt, tmp_path, broken_gz):
         raw.ask(op="rm", name="k")
         raw.ask(op="rm", name="cut")
         raw.close()
+
+
+def wait_for(predicate, what, seconds=30):
+    for _ in range(int(seconds * 20)):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def socket_of(path):
+    from imgfs._control import socket_path
+    return socket_path(str(path))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_foreground_mount_takes_f_and_o_and_a_signal_unmounts_it_cleanly(tmp_path, sig):
+    path = str(tmp_path / "fg")
+    proc = subprocess.Popen([helpers.imgfs_bin(), "mount", "-f", "-o", "ro,no_passthrough",
+                             path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: path in mount_points() and os.path.exists(socket_of(path)), "mount")
+        added = imgfs("add", f"a={ANAT}", "--mount", path)
+        assert added.returncode == 0, describe(added)
+        with open(os.path.join(path, "a.nii"), "rb") as f, open(ANAT, "rb") as g:
+            assert f.read() == g.read()
+        stats = json.loads(imgfs("stats", "--json", "--mount", path).stdout)
+        # -o no_passthrough took effect: the clean file was forwarded, not passed through.
+        assert stats["passthrough_opens"] == 0 and stats["forwarded_reads"] > 0, stats
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            imgfs("unmount", path)
+    assert proc.returncode == 0, err
+    assert f"mounted at {path}" in err and "logging to stderr" in err, err
+    assert path not in mount_points()
+    assert not os.path.exists(socket_of(path))
+    assert "Not Implemented" not in err and "WARN" not in err, err
+
+
+def test_an_unknown_mount_option_is_refused_by_name(tmp_path):
+    path = str(tmp_path / "opt")
+    proc = imgfs("mount", "-o", "allow_other,bogus", path)
+    assert proc.returncode != 0
+    assert "unknown mount option 'bogus'" in proc.stderr, proc.stderr
+    assert "allow_other, ro, debug, no_passthrough" in proc.stderr, proc.stderr
+    assert path not in mount_points()
+
+
+def test_a_background_start_that_never_becomes_ready_times_out_clearly(tmp_path):
+    path = str(tmp_path / "hang")
+    env = dict(os.environ, IMGFS_TEST_HANG_BEFORE_READY="1")
+    start = time.monotonic()
+    proc = subprocess.run([helpers.imgfs_bin(), "mount", "--timeout", "1", path],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, describe(proc)
+    assert f"the mount daemon for {path} did not become ready within 1 s" in proc.stderr, \
+        proc.stderr
+    assert time.monotonic() - start < 30
+    assert path not in mount_points()
+    left = subprocess.run(["pgrep", "-f", f"imgfs mount {path}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a daemon was left running"
+
+
+def test_unmount_takes_the_mount_as_an_argument_or_with_mount(tmp_path):
+    # An argument wins over $IMGFS_MOUNT, as scripts/demo relies on.
+    env = dict(os.environ, IMGFS_MOUNT=str(tmp_path / "elsewhere"))
+    for how in (["--mount"], []):
+        path = str(tmp_path / f"u{len(how)}")
+        proc = imgfs("mount", path)
+        assert proc.returncode == 0, describe(proc)
+        proc = subprocess.run([helpers.imgfs_bin(), "unmount", *how, path], capture_output=True,
+                              text=True, env=env, timeout=60)
+        assert proc.returncode == 0, describe(proc)
+        assert path not in mount_points()
+
+
+VERBS = ["info", "convert", "mount", "unmount", "add", "ls", "show", "set", "path", "mark", "rm",
+         "save", "stats", "run"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_an_example_and_every_option_a_description(verb):
+    import re
+    proc = imgfs(verb, "--help")
+    assert proc.returncode == 0, describe(proc)
+    text = proc.stdout
+    assert "Example" in text, text
+    # clap puts a description after each argument or option; a bare one ends its line.
+    bare = [line for line in text.splitlines()
+            if re.fullmatch(r"\s+(-\w, )?(--?[\w-]+|<[^>]+>|\[[^\]]+\])( <[^>]+>)?\s*", line)
+            and "-h, --help" not in line]
+    assert not bare, bare
+    if verb not in ("info", "convert", "mount", "run"):
+        assert "[env: IMGFS_MOUNT" in text, text
+
+
+def test_the_top_help_ends_with_a_recipe_and_names_rust_log():
+    proc = imgfs("--help")
+    assert proc.returncode == 0
+    assert "Recipe:" in proc.stdout and "RUST_LOG" in proc.stdout
+    assert proc.stdout.rstrip().endswith("RUST_LOG=debug."), proc.stdout[-300:]
+    mount_help = imgfs("mount", "--help").stdout
+    assert "[default: 10]" in mount_help and "$XDG_RUNTIME_DIR/imgfs" in mount_help
+
+
+def test_a_background_mount_says_where_it_logs_and_ordinary_use_logs_no_warning(tmp_path):
+    path = str(tmp_path / "logged")
+    proc = imgfs("mount", path)
+    assert proc.returncode == 0, describe(proc)
+    log = proc.stderr.split("its log: ")[-1].strip()
+    try:
+        assert os.path.isfile(log), proc.stderr
+        assert imgfs("add", f"a={ANAT}", "--mount", path).returncode == 0
+        assert imgfs("set", "a", "descrip=x", "--mount", path).returncode == 0
+        served = os.path.join(path, "a.nii")
+        # What ordinary tools do: stat, xattrs (ls -l), isatty, cp (SEEK_DATA,
+        # copy_file_range), access, flush on close.
+        subprocess.run(["ls", "-l", path], check=True, capture_output=True)
+        subprocess.run(["cp", served, str(tmp_path / "copy.nii")], check=True)
+        with open(served, "rb") as f:
+            f.isatty()
+            os.lseek(f.fileno(), 0, os.SEEK_END)
+        assert os.access(served, os.R_OK) and not os.access(served, os.X_OK)
+        with pytest.raises(OSError):
+            os.getxattr(served, "user.nothing")
+        assert os.listxattr(served) == []
+        with open(log) as f:
+            text = f.read()
+        assert "WARN" not in text and "Not Implemented" not in text, text
+    finally:
+        imgfs("unmount", path)
+    assert not os.path.exists(log), "a cleanly stopped mount left its log"
+
+
+def test_log_file_and_debug(tmp_path):
+    path = str(tmp_path / "dbg")
+    log = str(tmp_path / "imgfs.log")
+    proc = subprocess.Popen([helpers.imgfs_bin(), "mount", "-d", "--log-file", log, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: path in mount_points() and os.path.exists(socket_of(path)), "mount")
+        assert imgfs("add", f"a={ANAT}", "--mount", path).returncode == 0
+        os.stat(os.path.join(path, "a.nii"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"logging to {log}" in err, err
+    with open(log) as f:
+        text = f.read()
+    assert "DEBUG" in text, text
+
+
+def test_with_no_mount_the_error_says_how_to_start_one_and_names_no_os_error_twice(tmp_path):
+    path = str(tmp_path / "nothing")
+    proc = imgfs("ls", "--mount", path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"imgfs: no imgfs mount at {path}; start one with "
+                                   f"`imgfs mount {path}`"), proc.stderr
+    env = dict(os.environ, IMGFS_MOUNT=path)
+    proc = subprocess.run([helpers.imgfs_bin(), "path", "x"], capture_output=True, text=True,
+                          env=env)
+    assert f"no imgfs mount at {path}; start one" in proc.stderr, proc.stderr
+
+
+def test_set_reports_the_fields_changed_and_labels_consequences(mnt):
+    assert imgfs("add", f"s={ANAT}", "--mount", mnt).returncode == 0
+    try:
+        proc = imgfs("set", "s", "descrip=hello", "datatype=float32", "--mount", mnt)
+        assert proc.returncode == 0, describe(proc)
+        lines = proc.stdout.splitlines()
+        assert lines[0] == "descrip=hello"
+        assert lines[1] == "datatype=16"
+        assert "bitpix=32\t(changed as a consequence)" in lines, lines
+        assert lines[-1].startswith("dirty:"), lines
+        bad = imgfs("set", "s", "srow_x=1,2", "--mount", mnt)
+        assert bad.returncode == 1
+        assert "field 'srow_x' takes 4 values, got '1,2'" in bad.stderr, bad.stderr
+        assert "Floats" not in bad.stderr
+    finally:
+        imgfs("rm", "s", "--mount", mnt)
+
+
+def test_json_on_every_verb_that_prints(mnt, tmp_path):
+    def j(*args):
+        proc = imgfs(*args, "--json", "--mount", mnt)
+        assert proc.returncode == 0, describe(proc)
+        return json.loads(proc.stdout)
+    added = j("add", f"jj={ANAT}")
+    assert [a["name"] for a in added] == ["jj"] and added[0]["origin"] == ANAT
+    try:
+        assert j("path", "jj") == {"path": ANAT}
+        changed = j("set", "jj", "descrip=json")
+        assert changed["changed"] == [{"field": "descrip", "value": "json"}]
+        assert changed["clean"] is False and "ok" not in changed
+        marked = j("mark", "jj", "clean")
+        assert marked["state"] == "clean" and marked["name"] == "jj"
+        out = str(tmp_path / "jj.nii.gz")
+        assert j("save", "jj", out) == {"path": out}
+        assert os.path.getsize(out) > 0
+        stats = j("stats")
+        assert stats["images"] >= 1 and "rendered_reads" in stats
+        assert "jj" in [i["name"] for i in j("ls")]
+        text = imgfs("stats", "--mount", mnt).stdout
+        assert not text.lstrip().startswith("{") and "passthrough_opens" in text
+    finally:
+        imgfs("rm", "jj", "--mount", mnt)
