@@ -19,7 +19,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,43 +89,14 @@ def proc_cpu_s(pid):
 
 # ----------------------------------------------------------------------------- protocol
 
-
-def fnv1a64(data: bytes) -> int:
-    h = 0xCBF29CE484222325
-    for b in data:
-        h ^= b
-        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return h
-
-
-def socket_path(mount_dir: Path) -> Path:
-    norm = os.path.normpath(os.path.abspath(str(mount_dir)))
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    cdir = Path(xdg) / "imgfs-control" if xdg else Path(f"/tmp/imgfs-control-{os.getuid()}")
-    return cdir / f"{fnv1a64(norm.encode()):016x}.sock"
-
-
-class Client:
-    """One connection to a mount's control socket: one JSON line out, one back."""
-
-    def __init__(self, mount_dir):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(socket_path(mount_dir)))
-        self.rfile = self.sock.makefile("rb")
-
-    def call(self, **req):
-        self.sock.sendall(json.dumps(req).encode() + b"\n")
-        line = self.rfile.readline()
-        if not line:
-            raise BenchError(f"control socket closed during {req.get('op')}")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise BenchError(f"{req.get('op')} {req.get('name', '')}: {reply.get('error')}")
-        return reply
-
-    def close(self):
-        self.rfile.close()
-        self.sock.close()
+# The control protocol, the socket's name and starting a mount all come from the Python client,
+# the one copy of each outside the daemon (the repository's .venv points at python/; a plain
+# python3 finds it through this path).
+try:
+    import imgfs
+except ImportError:
+    sys.path.insert(0, str(REPO / "python"))
+    import imgfs
 
 
 # ----------------------------------------------------------------------------- mounts
@@ -137,25 +107,27 @@ UNPRIV_UID = 65534  # the ordinary user of scripts/as-user
 
 
 class Mount:
-    def __init__(self, imgfs, workdir, tag):
-        self.imgfs = imgfs
+    def __init__(self, imgfs_bin, workdir, tag):
+        self.imgfs = imgfs_bin
         self.dir = Path(tempfile.mkdtemp(prefix=f"mnt-{tag}-", dir=MOUNT_ROOT or workdir))
         MOUNTS.append(self)
-        run([imgfs, "mount", str(self.dir)])
-        c = Client(self.dir)
-        self.pid = c.call(op="ping")["pid"]
-        c.close()
+        self.client = None
+        try:
+            # starts `imgfs mount DIR` (the dir is fresh, so nothing answers there yet)
+            self.client = imgfs.Mount(self.dir, binary=str(imgfs_bin))
+        except imgfs.ImgfsError as e:
+            raise BenchError(str(e)) from e
+        self.pid = self.call(op="ping")["pid"]
         self._snap = None
 
     def cli(self, *args):
         return run([self.imgfs, *args, "--mount", str(self.dir)])[0]
 
-    def call(self, **req):
-        c = Client(self.dir)
+    def call(self, op, **fields):
         try:
-            return c.call(**req)
-        finally:
-            c.close()
+            return self.client.request(op, **fields)
+        except imgfs.ImgfsError as e:
+            raise BenchError(f"{op} {fields.get('name', '')}: {e}") from e
 
     def stats(self):
         return self.call(op="stats")
@@ -178,12 +150,11 @@ class Mount:
     def unmount(self):
         if self in MOUNTS:
             MOUNTS.remove(self)
-        p = subprocess.run(
-            [self.imgfs, "unmount", str(self.dir)], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        if p.returncode != 0:
-            log(f"imgfs unmount {self.dir} failed ({p.stderr.decode().strip()}); lazy umount")
+        try:
+            if self.client is not None:
+                self.client.close()  # disconnects and runs `imgfs unmount DIR`
+        except imgfs.ImgfsError as e:
+            log(f"{e}; lazy umount")
             subprocess.run(["umount", "-l", str(self.dir)], stderr=subprocess.DEVNULL)
         for _ in range(100):
             try:
@@ -711,10 +682,8 @@ def case_scale(ctx):
         try:
             m.begin_case()
             t0 = time.perf_counter()
-            c = Client(m.dir)
             for j, p in enumerate(smalls):
-                c.call(op="add", path=p, name=f"s{j:05d}")
-            c.close()
+                m.client.add(p, name=f"s{j:05d}")
             add_sock.append(time.perf_counter() - t0)
             listed = len(os.listdir(m.dir))
             if listed != n:

@@ -3,15 +3,21 @@
 `as_filename(img)` gives the image's own file while it is unchanged, and otherwise a file in the
 mount that the daemon serves from memory (no temporary file is written). `Mount` wraps the
 control protocol of docs/PROTOCOL.md. Arrays from `empty`, `zeros` or `asarray` live in shared
-memory and are handed over without a copy.
+memory and are handed over without a copy. Refusals raise `ImgfsError`, or its subclass
+for the protocol's error kind (`NameTaken`, `UnknownName`, ...).
 """
 
-from ._control import ImgfsError
+from .errors import (
+    BadFile, BadName, BadRequest, Busy, ImgfsError, InternalError, IOFailure, NameTaken, Refused,
+    Unavailable, UnknownName,
+)
 from .handoff import as_filename, load, put
 from .mount import Mount
 from .shm import asarray, empty, is_shared, zeros
 
 __all__ = [
-    "ImgfsError", "Mount", "as_filename", "asarray", "empty", "is_shared", "load", "put", "zeros",
+    "BadFile", "BadName", "BadRequest", "Busy", "IOFailure", "ImgfsError", "InternalError",
+    "Mount", "NameTaken", "Refused", "Unavailable", "UnknownName",
+    "as_filename", "asarray", "empty", "is_shared", "load", "put", "zeros",
 ]
 __version__ = "0.1.0"

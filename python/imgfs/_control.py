@@ -4,29 +4,35 @@ Everything here follows docs/PROTOCOL.md; the socket's name is derived from the 
 so that any client finds the same daemon without a registry.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import socket
+import sys
+import sysconfig
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from .errors import ImgfsError, from_answer
+
+PathLike = str | os.PathLike[str]  # what every path parameter accepts
 
 
-class ImgfsError(Exception):
-    """The daemon refused a request (the message is the daemon's), or no mount could be reached."""
-
-
-def normalize_dir(path):
+def normalize_dir(path: PathLike) -> str:
     """Absolute and lexically normalized, without following symlinks: the daemon hashes exactly
     this text, so resolving a symlink here would find a different socket."""
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
-def _runtime_dir():
+def _runtime_dir() -> str | None:
     return os.environ.get("XDG_RUNTIME_DIR") or None
 
 
-def default_dir():
+def default_dir() -> str:
     """The mount directory used when none is given: $IMGFS_MOUNT, else the daemon's default."""
     env = os.environ.get("IMGFS_MOUNT")
     if env:
@@ -35,47 +41,73 @@ def default_dir():
     return os.path.join(run, "imgfs") if run else f"/tmp/imgfs-{os.getuid()}"
 
 
-def control_dir():
+def control_dir() -> str:
     run = _runtime_dir()
     return os.path.join(run, "imgfs-control") if run else f"/tmp/imgfs-control-{os.getuid()}"
 
 
-def _fnv1a64(data):
+def _fnv1a64(data: bytes) -> int:
     h = 0xCBF29CE484222325
     for b in data:
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
 
 
-def socket_path(mount_dir):
-    """The control socket of the mount at `mount_dir` (which need not be running)."""
+def socket_path(mount_dir: PathLike) -> str:
+    """The control socket of the mount at `mount_dir` (which need not be running). The one
+    copy of this rule in Python: scripts and tests call this, not a hash of their own."""
     key = _fnv1a64(os.fsencode(normalize_dir(mount_dir)))
     return os.path.join(control_dir(), f"{key:016x}.sock")
 
 
-def find_binary():
-    """The `imgfs` executable: $IMGFS_BIN, else on PATH, else the build next to this package
-    (an editable install inside the repository), so tests work without installing the daemon."""
+def find_binary() -> str:
+    """The `imgfs` executable to start daemons with.
+
+    In order: $IMGFS_BIN (an explicit choice, e.g. the tests' fresh build); the binary installed
+    with this package (the wheel puts it in this environment's scripts directory, so another
+    `imgfs` earlier on PATH cannot shadow it); PATH; the build next to this package when it runs
+    from a checkout (target/release, then target/debug).
+    """
     env = os.environ.get("IMGFS_BIN")
     if env:
         return env
+    for scripts in _own_scripts_dirs():
+        candidate = os.path.join(scripts, "imgfs")
+        if _executable(candidate):
+            return candidate
     on_path = shutil.which("imgfs")
     if on_path:
         return on_path
     repo = Path(__file__).resolve().parents[2]
     for profile in ("release", "debug"):
-        candidate = repo / "target" / profile / "imgfs"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+        candidate = str(repo / "target" / profile / "imgfs")
+        if _executable(candidate):
+            return candidate
     raise ImgfsError(
-        "cannot find the imgfs binary: set IMGFS_BIN, put imgfs on PATH, or build the repository"
+        "cannot find the imgfs binary: install it with `pip install ./python` (binary and "
+        "client in one) or `cargo install --path .`, or set IMGFS_BIN"
     )
+
+
+def _own_scripts_dirs() -> list[str]:
+    """Where an installer put this environment's commands: sysconfig's scripts directory (a
+    venv, a system install), then the user scheme's (pip install --user)."""
+    dirs = [sysconfig.get_path("scripts"), os.path.join(sys.prefix, "bin")]
+    try:
+        dirs.append(sysconfig.get_path("scripts", f"{os.name}_user"))
+    except KeyError:
+        pass
+    return [d for d in dict.fromkeys(dirs) if d]
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 class Connection:
     """One connection to a daemon; requests are serialized because answers carry no id."""
 
-    def __init__(self, path):
+    def __init__(self, path: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.connect(path)
@@ -85,9 +117,10 @@ class Connection:
         self._reader = self._sock.makefile("rb")
         self._lock = threading.Lock()
 
-    def request(self, op, fds=(), **fields):
+    def request(self, op: str, fds: Sequence[int] = (), **fields: Any) -> dict[str, Any]:
         """Send one request (with `fds` attached, if any) and return the answer without `ok`;
-        raise ImgfsError with the daemon's message when it refuses."""
+        raise the ImgfsError subclass of the answer's `kind`, with the daemon's message, when
+        it refuses."""
         line = json.dumps({"op": op, **fields}, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             if fds:
@@ -101,10 +134,12 @@ class Connection:
         if not answer:
             raise ImgfsError("the imgfs daemon closed the connection")
         reply = json.loads(answer)
+        if not isinstance(reply, dict):
+            raise ImgfsError(f"the imgfs daemon answered with a non-object: {answer[:200]!r}")
         if not reply.pop("ok", False):
-            raise ImgfsError(reply.get("error", "unknown error"))
+            raise from_answer(reply)
         return reply
 
-    def close(self):
+    def close(self) -> None:
         self._reader.close()
         self._sock.close()

@@ -12,14 +12,18 @@ nothing, and the caller's later writes land in private pages while the memfd is 
 again. The buffer then leaves the registry; later handoffs of it copy, like any other array.
 """
 
+from __future__ import annotations
+
 import ctypes
 import fcntl
 import mmap
 import os
 import threading
 import weakref
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -37,8 +41,8 @@ _MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)
 class _Buffer:
     """One mapping of one memfd, `length` bytes at `addr`; `fd` is None once handed over."""
 
-    def __init__(self, fd, addr, length):
-        self.fd = fd
+    def __init__(self, fd: int, addr: int, length: int) -> None:
+        self.fd: int | None = fd
         self.addr = addr
         self.length = length
         self.lock = threading.Lock()
@@ -46,26 +50,32 @@ class _Buffer:
 
 # owner object (the ctypes array numpy sees as the buffer) -> _Buffer. Keyed by the object, not
 # the address: an address is reused as soon as a mapping goes away.
-_registry = weakref.WeakKeyDictionary()
+_registry: weakref.WeakKeyDictionary[Any, _Buffer] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
 
 
-def _map(fd, length, flags, addr=None):
+def _map(fd: int, length: int, flags: int, addr: int | None = None) -> int:
     got = _libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
     if got == _MAP_FAILED or got is None:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of the shared array failed: {os.strerror(err)}")
-    return got
+    return int(got)
 
 
-def _release(addr, length, buf):
+def _release(addr: int, length: int, buf: _Buffer) -> None:
     _libc.munmap(addr, length)
     fd, buf.fd = buf.fd, None
     if fd is not None:
         os.close(fd)
 
 
-def _wrap(fd, nbytes, shape, dtype, order):
+def _wrap(
+    fd: int,
+    nbytes: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    order: Literal["C", "F"],
+) -> np.ndarray[Any, Any]:
     """A numpy array on a fresh MAP_SHARED mapping of the memfd `fd` (which it takes over)."""
     length = max(nbytes, 1)  # mmap refuses 0 bytes
     try:
@@ -81,7 +91,7 @@ def _wrap(fd, nbytes, shape, dtype, order):
     # a ctypes array on the mapping exports it to numpy; its own type so that it can carry a
     # finalizer, which unmaps (and closes the memfd) once the last array using it is gone
     # (hashable by identity: the registry is keyed by it)
-    kind = type("SharedImageBuffer", (ctypes.c_char * length,), {"__hash__": object.__hash__})
+    kind: Any = type("SharedImageBuffer", (ctypes.c_char * length,), {"__hash__": object.__hash__})
     owner = kind.from_address(addr)
     done = weakref.finalize(owner, _release, addr, length, buf)
     # not at interpreter exit: an array still reachable then must stay mapped (exit unmaps all)
@@ -91,18 +101,18 @@ def _wrap(fd, nbytes, shape, dtype, order):
     return np.ndarray(shape, dtype=dtype, buffer=owner, order=order)
 
 
-def new_memfd(name):
+def new_memfd(name: str) -> int:
     """A memfd that can be sealed: the daemon maps only memfds sealed against shrinking."""
     return os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
 
 
-def seal_size(fd):
+def seal_size(fd: int) -> None:
     """Seal `fd` against shrinking: the daemon refuses a memfd without this seal, as a file that
     shrinks under its mapping would kill it. Growing stays allowed (it harms no mapping)."""
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
 
 
-def _memfd(nbytes, name="imgfs-array"):
+def _memfd(nbytes: int, name: str = "imgfs-array") -> int:
     fd = new_memfd(name)
     try:
         os.ftruncate(fd, nbytes)
@@ -113,11 +123,15 @@ def _memfd(nbytes, name="imgfs-array"):
     return fd
 
 
-def _shape(shape):
-    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(n) for n in shape)
+def _shape(shape: int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    return tuple(int(n) for n in np.atleast_1d(np.asarray(shape)))
 
 
-def empty(shape, dtype=np.float64, order="F"):
+def empty(
+    shape: int | tuple[int, ...] | list[int],
+    dtype: npt.DTypeLike = np.float64,
+    order: Literal["C", "F"] = "F",
+) -> np.ndarray[Any, Any]:
     """A new array in shared memory (contents zero, as a fresh memfd is). Hand an image built on
     it to `as_filename` and the daemon maps these very pages: no copy. Only Fortran order (the
     file order) in native byte order goes without a copy."""
@@ -130,12 +144,16 @@ def empty(shape, dtype=np.float64, order="F"):
     return _wrap(_memfd(nbytes), nbytes, shape, dtype, order)
 
 
-def zeros(shape, dtype=np.float64, order="F"):
+def zeros(
+    shape: int | tuple[int, ...] | list[int],
+    dtype: npt.DTypeLike = np.float64,
+    order: Literal["C", "F"] = "F",
+) -> np.ndarray[Any, Any]:
     """Same as `empty`: a fresh memfd reads as zeros."""
     return empty(shape, dtype, order)
 
 
-def asarray(a, dtype=None):
+def asarray(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None) -> np.ndarray[Any, Any]:
     """`a` copied once into shared memory, in Fortran order and native byte order; `a` itself if
     it is already a shared array in that layout (and `dtype` matches)."""
     a = np.asanyarray(a)
@@ -157,9 +175,9 @@ def asarray(a, dtype=None):
     return _wrap(fd, nbytes, a.shape, dtype, "F")
 
 
-def _owner(a):
+def _owner(a: np.ndarray[Any, Any]) -> Any:
     """The object that owns `a`'s memory (numpy keeps views' base pointing at it)."""
-    base = a
+    base: Any = a
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):
@@ -167,13 +185,13 @@ def _owner(a):
     return base
 
 
-def _native(dtype):
+def _native(dtype: np.dtype[Any]) -> bool:
     if dtype.fields is None:
         return dtype.isnative
     return all(_native(f[0]) for f in dtype.fields.values())
 
 
-def lookup(a):
+def lookup(a: object) -> tuple[_Buffer, int] | None:
     """(buffer, byte offset) if `a` can be sent as it lies: an array (or view) in a shared
     buffer not handed over yet, F-contiguous, native byte order, 8-byte aligned offset (the
     protocol's `data_offset`). None otherwise."""
@@ -194,7 +212,7 @@ def lookup(a):
     return buf, offset
 
 
-def claim(a):
+def claim(a: object) -> tuple[int, int] | None:
     """For sending `a` without a copy: (memfd, byte offset), the caller's to close; None if `a`
     must be copied. The array's mapping turns copy-on-write first, so the memfd keeps exactly
     the current contents whatever the caller writes from now on, and the buffer leaves the
@@ -214,12 +232,12 @@ def claim(a):
     return fd, offset
 
 
-def is_shared(a):
+def is_shared(a: object) -> bool:
     """Whether handing `a` over now goes without a copy."""
     return lookup(a) is not None
 
 
-def memfd_of(a):
+def memfd_of(a: object) -> int | None:
     """The memfd behind a shared array not handed over yet (still ours: do not close), or None."""
     found = lookup(a)
     return None if found is None else found[0].fd

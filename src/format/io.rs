@@ -220,6 +220,10 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
         let mut image = reader(ipath, true)?;
         skip_to(&mut *image, &mut 0, data_offset, ipath)?;
     }
+    if file_map.compressed {
+        check_deflate_bound(&file_map.image, data_offset, data_len)?;
+        check_gzip_length(&file_map.image, data_offset, data_len)?;
+    }
 
     let sidecar_affine = match file_map.sidecar() {
         Some(mat) if header.flavor() == Flavor::Analyze && mat.exists() => {
@@ -247,6 +251,105 @@ pub fn load(path: &Path) -> Result<LoadedFile, FormatError> {
         loaded.check_image_size()?;
     }
     Ok(loaded)
+}
+
+/// Deflate codes at most 258 bytes of output in about two bits of input, so no gzip stream
+/// inflates to more than this many times its own size.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// Refuses a compressed image whose header asks for more data than its stream could possibly
+/// inflate to: such a size would otherwise be served as the file's size until a read fails.
+/// The stream's true length is known only after a whole pass, which `load` does not make.
+fn check_deflate_bound(image: &Path, data_offset: u64, data_len: u64) -> Result<(), FormatError> {
+    let compressed = std::fs::metadata(image)
+        .map_err(|e| FormatError::io(image, e))?
+        .len();
+    let most = compressed.saturating_mul(MAX_DEFLATE_RATIO);
+    match data_offset.checked_add(data_len) {
+        Some(end) if end <= most => Ok(()),
+        _ => Err(FormatError::invalid(
+            image,
+            format!(
+                "the header asks for {data_len} bytes of data from byte {data_offset}, but a \
+                 gzip stream of {compressed} bytes inflates to at most {most}"
+            ),
+        )),
+    }
+}
+
+/// Checks that a gzip stream holds the data its header asks for, without a pass over it in
+/// the common case: a single-member stream (what nibabel and gzip write) ends with its length
+/// modulo 2^32. Only when that disagrees with the header (a cut stream, whose last bytes are
+/// not a trailer; several members, as bgzip writes; a wrong header) does `add` pay for one
+/// pass, streamed, so that a cut download is refused at once instead of at the first read.
+fn check_gzip_length(image: &Path, data_offset: u64, data_len: u64) -> Result<(), FormatError> {
+    use std::io::{Seek, SeekFrom};
+    let Some(end) = data_offset.checked_add(data_len) else {
+        return Err(FormatError::invalid(
+            image,
+            "vox_offset plus the data size overflows",
+        ));
+    };
+    let mut file = open(image)?;
+    let mut trailer = [0u8; 4];
+    // 18 bytes: the smallest gzip member (10-byte header, empty deflate block, 8-byte trailer).
+    let trailer_read = file.metadata().is_ok_and(|m| m.len() >= 18)
+        && file.seek(SeekFrom::End(-4)).is_ok()
+        && file.read_exact(&mut trailer).is_ok();
+    if trailer_read && u32::from_le_bytes(trailer) == end as u32 {
+        return Ok(());
+    }
+    let mut stream = reader(image, true)?;
+    let mut counted = CountingSink(0);
+    let copied = io::copy(&mut (&mut stream).take(end), &mut counted);
+    let held = counted.0;
+    let data_byte = held.saturating_sub(data_offset);
+    match copied {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(FormatError::invalid(
+                image,
+                format!("gzip stream ends at byte {data_byte} of the data ({e})"),
+            ));
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData
+            ) =>
+        {
+            return Err(FormatError::invalid(
+                image,
+                format!("gzip stream is corrupt after byte {data_byte} of the data: {e}"),
+            ));
+        }
+        Err(e) => return Err(FormatError::io(image, e)),
+        Ok(_) => {}
+    }
+    if held < end {
+        return Err(FormatError::invalid(
+            image,
+            format!(
+                "gzip stream ends at byte {} of the data: the header asks for {data_len} bytes \
+                 from byte {data_offset}",
+                held.saturating_sub(data_offset)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Counts the bytes written to it and keeps none.
+struct CountingSink(u64);
+
+impl io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A `vox_offset` at or past this (2^63) cannot be a position in any file.

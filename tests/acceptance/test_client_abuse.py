@@ -125,7 +125,12 @@ def test_a_100_mb_line_is_refused_and_the_connection_closed(mount, ref_file):
         sender.start()
         with s.makefile("rb") as r:
             answer = json.loads(r.readline())
-            assert r.read() == b""  # then the daemon closed the connection
+            # Then the daemon closes the connection: an end of file, or a reset when it closed
+            # with flood bytes still unread in its receive queue.
+            try:
+                assert r.read() == b""
+            except ConnectionResetError:
+                pass
         sender.join()
     assert answer["ok"] is False
     assert "request line too long" in answer["error"]

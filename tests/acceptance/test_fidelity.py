@@ -169,7 +169,7 @@ def test_a_valid_slope_with_a_non_finite_intercept_is_served_as_it_reads(mnt, tm
     name = f"inter{abs(hash(str(inter))) % 1000}"
     ok(mnt("add", f"{name}={src}"))
     ok(mnt("set", name, "descrip=edited"))
-    served = nib.load(str(mnt.path / f"{name}.nii"))
+    served = nib.load(mnt.file(name))
     assert served.dataobj.slope == 2.0 and served.dataobj.inter == 0.0
     np.testing.assert_array_equal(served.get_fdata(), data * 2.0)
     ok(mnt("rm", name))

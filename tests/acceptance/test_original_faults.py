@@ -202,11 +202,26 @@ def broken_gzip(tmp_path, kind, damage):
 WANT = {"truncated": "gzip stream ends at byte", "corrupt": "gzip stream is corrupt"}
 
 
-@pytest.mark.parametrize("found_by", ["read", "set-datatype", "save"])
-@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
 @pytest.mark.parametrize("kind", ["single", "pair"])
-def test_a_broken_gzip_original_is_named_in_its_state_and_refused(mnt, tmp_path, kind, damage,
-                                                                  found_by):
+def test_a_cut_gzip_original_is_refused_at_add(mnt, tmp_path, kind):
+    """A cut stream ends in compressed bytes, not in the trailer that holds the stream's length:
+    that mismatch makes `add` pass over the stream, and the cut is named at once."""
+    path = broken_gzip(tmp_path, kind, "truncated")
+    proc = mnt("add", f"cut-{kind}={path}")
+    data_file = path.replace(".hdr.gz", ".img.gz")
+    assert proc.returncode == 1, describe(proc)
+    assert "gzip stream ends at byte" in proc.stderr and data_file in proc.stderr, describe(proc)
+    assert f"cut-{kind}" not in mnt.ls()
+    control_still_served(mnt)
+
+
+@pytest.mark.parametrize("found_by", ["read", "set-datatype", "save"])
+@pytest.mark.parametrize("kind", ["single", "pair"])
+def test_a_corrupt_gzip_original_is_named_in_its_state_and_refused(mnt, tmp_path, kind,
+                                                                   found_by):
+    """A stream corrupt in its middle keeps its trailer, so `add` (headers only) cannot know;
+    the first pass over the data names the damage."""
+    damage = "corrupt"
     path = broken_gzip(tmp_path, kind, damage)
     name = f"gz-{kind}-{damage}-{found_by}"
     ok(mnt("add", f"{name}={path}"))  # headers only: nothing is known yet
@@ -238,3 +253,25 @@ def test_a_broken_gzip_original_is_named_in_its_state_and_refused(mnt, tmp_path,
             f.read()
     assert err.value.errno == errno.EIO
     control_still_served(mnt)
+
+
+def test_a_multi_member_gzip_original_is_served_whole(mnt, tmp_path):
+    """Several gzip members (as bgzip writes): the last trailer holds only the last member's
+    length, so `add` checks the stream by a pass, and the image is served whole."""
+    import gzip
+
+    data = np.arange(16 * 16 * 16, dtype=np.int16).reshape((16, 16, 16))
+    plain = str(tmp_path / "plain.nii")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), plain)
+    raw = open(plain, "rb").read()
+    path = str(tmp_path / "members.nii.gz")
+    with open(path, "wb") as f:
+        for i in range(0, len(raw), 3000):
+            f.write(gzip.compress(raw[i:i + 3000]))
+    ok(mnt("add", f"members={path}"))
+    ok(mnt("set", "members", "descrip=members"))
+    served = nib.load(mnt.file("members"))
+    np.testing.assert_array_equal(served.get_fdata(), data)
+    reasons = mnt.ls()["members"]["reasons"]
+    assert len(reasons) == 1 and "descrip" in reasons[0], reasons
+    ok(mnt("rm", "members"))
