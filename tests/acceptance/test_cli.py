@@ -137,17 +137,20 @@ def mnt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def broken_gz(tmp_path_factory):
-    """A .nii.gz whose header reads but whose data stream is cut short."""
+    """A .nii.gz whose header and trailer read but whose data stream is corrupt midway."""
     import gzip
     import nibabel as nib
     import numpy as np
     d = tmp_path_factory.mktemp("brokengz")
     plain = d / "p.nii"
-    nib.save(nib.Nifti1Image(np.arange(64 ** 3, dtype=np.float32).reshape(64, 64, 64),
-                             np.eye(4)), str(plain))
-    packed = gzip.compress(plain.read_bytes())
-    path = d / "cut.nii.gz"
-    path.write_bytes(packed[:len(packed) // 3])
+    rng = np.random.default_rng(5)
+    nib.save(nib.Nifti1Image(rng.normal(size=(64, 64, 64)).astype(np.float32), np.eye(4)),
+             str(plain))
+    packed = bytearray(gzip.compress(plain.read_bytes()))
+    middle = len(packed) // 2
+    packed[middle:middle + 64] = bytes(64)
+    path = d / "corrupt.nii.gz"
+    path.write_bytes(bytes(packed))
     return str(path)
 
 
