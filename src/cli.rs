@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::catalog::{name_from_path, save_image};
+use crate::catalog::{name_from_path, save_image, save_image_with_progress};
 use crate::control::client::Client;
 use crate::control::protocol::Request;
 use crate::control::{self, resolve_mount_dir};
@@ -384,7 +384,13 @@ fn run(verb: Verb) -> Result<ExitCode> {
             image
                 .set_fields(&edits)
                 .with_context(|| input.display().to_string())?;
-            save_image(&image, &output).with_context(|| {
+            let bar = progress_bar(false, &format!("writing {}", output.display()));
+            let saved = match &bar {
+                Some(bar) => save_image_with_progress(&image, &output, &bar_progress(bar)),
+                None => save_image(&image, &output),
+            };
+            finish_bar(bar, saved.is_ok());
+            saved.with_context(|| {
                 format!("writing {} from {}", output.display(), input.display())
             })?;
         }
@@ -543,7 +549,19 @@ fn run(verb: Verb) -> Result<ExitCode> {
             json,
         } => {
             let out = std::path::absolute(&out)?;
-            let reply = connect(mount.mount.as_deref())?.call(&Request::Save { name, out })?;
+            let bar = progress_bar(json.json, &format!("saving {name}"));
+            let request = Request::Save {
+                name,
+                out,
+                progress: bar.is_some(),
+            };
+            let mut client = connect(mount.mount.as_deref())?;
+            let reply = match &bar {
+                Some(bar) => client.call_with_progress(&request, &bar_progress(bar)),
+                None => client.call(&request),
+            };
+            finish_bar(bar, reply.is_ok());
+            let reply = reply?;
             if json.json {
                 print_json(&without_ok(reply));
             } else {
@@ -563,6 +581,44 @@ fn run(verb: Verb) -> Result<ExitCode> {
         Verb::Run { add, command } => return run_command(&add, &command),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr, only when stderr is a terminal and the output is not JSON: a
+/// script or a log file gets no progress lines.
+fn progress_bar(json: bool, label: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr_with_hz(10),
+    );
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {percent:>3}% {bytes}/{total_bytes} {eta}",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(label.to_string());
+    Some(bar)
+}
+
+/// Leaves the bar at 100% after a success, and where it stopped before an error.
+fn finish_bar(bar: Option<indicatif::ProgressBar>, succeeded: bool) {
+    match bar {
+        Some(bar) if succeeded => bar.finish(),
+        Some(bar) => bar.abandon(),
+        None => {}
+    }
+}
+
+/// Progress reported to a bar.
+fn bar_progress(bar: &indicatif::ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
 }
 
 /// An answer's own fields, without the protocol's `ok`.

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::protocol::{ErrorKind, Failure, Request};
+use super::protocol::{ErrorKind, Failure, ProgressLine, Request};
+use crate::progress::{Progress, Silent};
 
 /// A connection to a running mount.
 pub struct Client {
@@ -69,17 +70,35 @@ impl Client {
 
     /// Sends a request and returns the response's fields; a refusal becomes an error.
     pub fn call(&mut self, request: &Request) -> Result<Value, ClientError> {
+        self.call_with_progress(request, &Silent)
+    }
+
+    /// [`Client::call`], passing the progress lines that come before the answer (of a request
+    /// that asked for them) to `progress`.
+    pub fn call_with_progress(
+        &mut self,
+        request: &Request,
+        progress: &dyn Progress,
+    ) -> Result<Value, ClientError> {
         let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
-        let mut reply = String::new();
-        if self.reader.read_line(&mut reply)? == 0 {
-            return Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the mount closed the connection",
-            )));
-        }
-        let value: Value = serde_json::from_str(&reply).map_err(io::Error::other)?;
+        let value = loop {
+            let mut reply = String::new();
+            if self.reader.read_line(&mut reply)? == 0 {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the mount closed the connection",
+                )));
+            }
+            let value: Value = serde_json::from_str(&reply).map_err(io::Error::other)?;
+            if value.get("ok").is_some() {
+                break value;
+            }
+            if let Ok(line) = serde_json::from_value::<ProgressLine>(value) {
+                progress.update(line.progress.done, line.progress.total);
+            }
+        };
         if value["ok"] == Value::Bool(true) {
             Ok(value)
         } else {

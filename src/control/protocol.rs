@@ -60,10 +60,13 @@ pub enum Request {
     Rm {
         name: String,
     },
-    /// Write the image to `out` (absolute), in the format its name calls for.
+    /// Write the image to `out` (absolute), in the format its name calls for. With `progress`,
+    /// [`ProgressLine`]s come before the answer.
     Save {
         name: String,
         out: PathBuf,
+        #[serde(default)]
+        progress: bool,
     },
     /// A whole image from another process. The voxel data come in the file descriptor sent
     /// with this line (a memfd), `data_offset` bytes in, in file (Fortran) order and native byte
@@ -211,6 +214,20 @@ pub struct Counters {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ShuttingDown {
     pub shutting_down: bool,
+}
+
+/// A line sent before the answer of a request that asked for progress: no `ok`, so a client
+/// tells it from the answer, which always comes last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    pub progress: ProgressCount,
+}
+
+/// Bytes done of the total.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressCount {
+    pub done: u64,
+    pub total: u64,
 }
 
 /// The answer to `rm`: nothing beyond `ok`.

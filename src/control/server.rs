@@ -17,11 +17,12 @@ use serde_json::Value;
 use super::fdpass;
 use super::protocol::{
     Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, Pong,
-    Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
+    ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
 };
 use crate::catalog::{Catalog, CatalogError};
 use crate::format::{DataType, Extension, Header};
 use crate::image::{Image, ImageError, VoxelBuffer};
+use crate::progress::{Progress, Silent};
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
@@ -165,7 +166,7 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
                 line_fds.push_back(fds.pop_front().expect("checked").1);
             }
             // Descriptors the request did not use are closed with `line_fds` here.
-            let response = respond(&line[..end], catalog, &mut line_fds);
+            let response = respond(&line[..end], catalog, &mut line_fds, &stream);
             if fdpass::send_with_fds(&stream, &answer_line(&response), &[]).is_err() {
                 return;
             }
@@ -208,11 +209,16 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
     }
 }
 
-fn respond(line: &[u8], catalog: &Catalog, fds: &mut VecDeque<OwnedFd>) -> Result<Value, Failure> {
+fn respond(
+    line: &[u8],
+    catalog: &Catalog,
+    fds: &mut VecDeque<OwnedFd>,
+    stream: &UnixStream,
+) -> Result<Value, Failure> {
     let request: Request = serde_json::from_slice(line)
         .map_err(|e| Failure::new(ErrorKind::BadRequest, format!("bad request: {e}")))?;
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle(request, catalog, fds)
+        handle(request, catalog, fds, stream)
     }))
     .unwrap_or_else(|_| {
         Err(Failure::new(
@@ -280,6 +286,7 @@ fn handle(
     request: Request,
     catalog: &Catalog,
     fds: &mut VecDeque<OwnedFd>,
+    stream: &UnixStream,
 ) -> Result<Value, Failure> {
     Ok(match request {
         Request::Ping {} => to_value(Pong {
@@ -348,10 +355,24 @@ fn handle(
             catalog.remove(&name).map_err(failure)?;
             to_value(Done {})
         }
-        Request::Save { name, out } => {
+        Request::Save {
+            name,
+            out,
+            progress,
+        } => {
             absolute(&out)?;
+            // A client that stopped reading only loses its progress lines; the save goes on.
+            let report = |done, total| {
+                let line = ProgressLine {
+                    progress: ProgressCount { done, total },
+                };
+                let mut out = serde_json::to_vec(&line).expect("progress serializes");
+                out.push(b'\n');
+                let _ = fdpass::send_with_fds(stream, &out, &[]);
+            };
+            let progress: &dyn Progress = if progress { &report } else { &Silent };
             catalog
-                .save(&name, &out)
+                .save_with_progress(&name, &out, progress)
                 .map_err(|e| save_failure(e, &out))?;
             to_value(PathAnswer { path: out })
         }

@@ -400,3 +400,71 @@ def test_json_on_every_verb_that_prints(mnt, tmp_path):
         assert not text.lstrip().startswith("{") and "passthrough_opens" in text
     finally:
         imgfs("rm", "jj", "--mount", mnt)
+
+
+@pytest.fixture(scope="module")
+def big_image(tmp_path_factory):
+    """64 MiB of float32: a save long enough to report progress several times."""
+    import nibabel as nib
+    import numpy as np
+    path = str(tmp_path_factory.mktemp("big") / "big.nii")
+    data = np.arange(256 * 256 * 256, dtype=np.float32).reshape(256, 256, 256, order="F")
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def test_save_with_progress_sends_progress_lines_then_the_answer_last(mnt, big_image, tmp_path):
+    raw = Raw(mnt)
+    try:
+        assert raw.ask(op="add", path=big_image, name="big")["ok"] is True
+        raw.ask(op="set", name="big", fields=[["descrip", "rendered"]])
+        out = str(tmp_path / "big_out.nii")
+        raw.send(json.dumps({"op": "save", "name": "big", "out": out, "progress": True}))
+        lines = raw.lines()
+        total = 256 ** 3 * 4
+        progress = [line["progress"] for line in lines[:-1]]
+        assert lines[-1] == {"ok": True, "path": out}
+        assert all(set(line) == {"progress"} for line in lines[:-1]), lines[:3]
+        assert len(progress) >= 10
+        assert progress[0] == {"done": 0, "total": total}
+        assert progress[-1] == {"done": total, "total": total}
+        assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
+        # Without the field: the answer alone.
+        raw.send(json.dumps({"op": "save", "name": "big", "out": out}))
+        assert raw.lines() == [{"ok": True, "path": out}]
+    finally:
+        raw.ask(op="rm", name="big")
+        raw.close()
+
+
+def test_save_shows_progress_on_a_terminal_only(mnt, big_image, tmp_path):
+    import pty
+    assert imgfs("add", f"bigcli={big_image}", "--mount", mnt).returncode == 0
+    try:
+        imgfs("set", "bigcli", "descrip=x", "--mount", mnt)
+        out = str(tmp_path / "o.nii")
+        # Not a terminal: nothing on stderr; with --json, nothing either.
+        for extra in ([], ["--json"]):
+            proc = imgfs("save", "bigcli", out, *extra, "--mount", mnt)
+            assert proc.returncode == 0, describe(proc)
+            assert proc.stderr == "", proc.stderr
+        # A terminal on stderr: a bar that ends at 100%.
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([helpers.imgfs_bin(), "save", "bigcli", out, "--mount", mnt],
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        os.close(master)
+        assert proc.wait(timeout=60) == 0
+        text = seen.decode(errors="replace")
+        assert "saving bigcli" in text and "100%" in text, text
+    finally:
+        imgfs("rm", "bigcli", "--mount", mnt)
