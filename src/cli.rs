@@ -111,7 +111,7 @@ enum Verb {
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
         /// How long to wait for a background daemon to become ready.
-        #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
         timeout: f64,
         /// Internal: report readiness on stdout, then detach from it.
         #[arg(long, hide = true)]

@@ -295,7 +295,7 @@ def test_the_top_help_ends_with_a_recipe_and_names_rust_log():
     assert "Recipe:" in proc.stdout and "RUST_LOG" in proc.stdout
     assert proc.stdout.rstrip().endswith("RUST_LOG=debug."), proc.stdout[-300:]
     mount_help = imgfs("mount", "--help").stdout
-    assert "[default: 10]" in mount_help and "$XDG_RUNTIME_DIR/imgfs" in mount_help
+    assert "[default: 30]" in mount_help and "$XDG_RUNTIME_DIR/imgfs" in mount_help
 
 
 def test_a_background_mount_says_where_it_logs_and_ordinary_use_logs_no_warning(tmp_path):
