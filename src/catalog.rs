@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::format::gzindex::GzCache;
 use crate::format::{self, Flavor};
 use crate::image::{DirtyState, FileSource, Image, ImageError};
+use crate::progress::{Counting, Progress, Silent};
 use crate::render::{Chunk, Rendering};
 
 /// The suffix every served file has.
@@ -501,11 +502,23 @@ impl Catalog {
 
     /// Writes an image to disk in the format `out`'s name calls for.
     pub fn save(&self, name: &str, out: &Path) -> Result<(), CatalogError> {
+        self.save_with_progress(name, out, &Silent)
+    }
+
+    /// [`Catalog::save`], telling `progress` how many of the data bytes are written.
+    pub fn save_with_progress(
+        &self,
+        name: &str,
+        out: &Path,
+        progress: &dyn Progress,
+    ) -> Result<(), CatalogError> {
         let entry = self.entry(name)?;
         let entry = entry.lock();
-        save_image(&entry.image, out).map_err(|source| CatalogError::Image {
-            name: name.to_string(),
-            source,
+        save_image_with_progress(&entry.image, out, progress).map_err(|source| {
+            CatalogError::Image {
+                name: name.to_string(),
+                source,
+            }
         })
     }
 
@@ -685,6 +698,15 @@ fn attr_of(version: &Version) -> Attr {
 /// Writes an image to `out`: NIfTI-2 stays NIfTI-2, Analyze stays Analyze in a pair, the rest
 /// is NIfTI-1.
 pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
+    save_image_with_progress(image, out, &Silent)
+}
+
+/// [`save_image`], telling `progress` how many of the data bytes are written.
+pub fn save_image_with_progress(
+    image: &Image,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<(), ImageError> {
     let map = format::FileMap::from_path(out)?;
     let source_flavor = image.header().flavor();
     let flavor = match (map.is_single(), source_flavor) {
@@ -694,7 +716,13 @@ pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
     };
     let rendering = Rendering::of(image).map_err(ImageError::DataUnavailable)?;
     let header = image.header_as(flavor);
-    let mut write = |w: &mut dyn std::io::Write| rendering.write_data_to(w);
+    let data_len = rendering.size() - rendering.prefix().len() as u64;
+    let mut write = |w: &mut dyn std::io::Write| {
+        let mut counting = Counting::new(w, data_len, progress);
+        rendering.write_data_to(&mut counting)?;
+        counting.finish();
+        Ok(())
+    };
     format::io::save(
         out,
         format::io::ImageToSave {

@@ -4,7 +4,7 @@
 //! them and knows whether they still match their original, [`render`] lays an image out as a
 //! single-file NIfTI by byte range, [`catalog`] keeps the named images and their served
 //! versions, [`fuse`] translates kernel requests onto the catalog, and [`control`] lets other
-//! processes drive it. [`mount`] puts these together as the Rust API and the daemon, and
+//! processes drive it; [`progress`] carries how far a long operation has got. [`mount`] puts these together as the Rust API and the daemon, and
 //! [`cli`] is the command line.
 
 pub mod catalog;
@@ -17,4 +17,5 @@ pub mod fusermount;
 pub mod image;
 pub mod mount;
 pub mod mountinfo;
+pub mod progress;
 pub mod render;

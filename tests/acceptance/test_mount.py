@@ -42,7 +42,7 @@ class MountedDir:
         return os.path.join(self.path, f"{name}.nii")
 
     def stats(self):
-        return json.loads(ok(self("stats")).stdout)
+        return json.loads(ok(self("stats", "--json")).stdout)
 
     def ls(self):
         return {i["name"]: i for i in json.loads(ok(self("ls", "--json")).stdout)}
