@@ -1227,6 +1227,55 @@ mod tests {
         out
     }
 
+    #[test]
+    fn indexes_sharing_a_cache_stay_within_one_budget_and_free_it_when_dropped() {
+        let shared = Arc::new(GzCache::new(3 * MIN_SPAN));
+        let open = |data: &[u8]| {
+            let options = GzOptions {
+                span: MIN_SPAN,
+                cache_bytes: 0,
+                cache: Some(shared.clone()),
+            };
+            GzIndex::new(Arc::new(member(data, 6, Fields::default())), options).unwrap()
+        };
+        let (a_data, b_data) = (image_like(600_000, 1), image_like(600_000, 2));
+        let (a, b) = (open(&a_data), open(&b_data));
+        for (idx, data) in [(&a, &a_data), (&b, &b_data)] {
+            idx.build_all().unwrap();
+            for at in (0..data.len()).step_by(100_000) {
+                let mut buf = [0u8; 1000];
+                let n = idx.read_at(&mut buf, at as u64).unwrap();
+                assert_eq!(&buf[..n], &data[at..at + n]);
+            }
+            assert!(shared.bytes() <= 3 * MIN_SPAN, "{}", shared.bytes());
+        }
+        let held_by_b = b.stats().cache_bytes;
+        assert!(held_by_b > 0);
+        drop(b);
+        assert_eq!(shared.bytes(), a.stats().cache_bytes);
+    }
+
+    #[test]
+    fn prefetch_fills_the_cache_and_the_read_then_hits() {
+        let data = image_like(700_000, 3);
+        // room for the last segments of the forward pass only: the one at 400 000 is evicted
+        let idx = index(member(&data, 6, Fields::default()), MIN_SPAN, 3 * MIN_SPAN);
+        idx.build_all().unwrap();
+        let built = idx.stats();
+        assert!(idx.prefetch(400_000).unwrap());
+        let before = idx.stats();
+        assert!(
+            before.inflated > built.inflated,
+            "the prefetch inflated the segment"
+        );
+        let mut buf = [0u8; 100];
+        idx.read_at(&mut buf, 400_000).unwrap();
+        assert_eq!(&buf[..], &data[400_000..400_100]);
+        let after = idx.stats();
+        assert_eq!(after.inflated, before.inflated, "nothing inflated again");
+        assert_eq!(after.cache_hits, before.cache_hits + 1);
+    }
+
     fn index(bytes: Vec<u8>, span: u64, cache_bytes: u64) -> GzIndex {
         GzIndex::new(
             Arc::new(bytes),
