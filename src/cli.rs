@@ -521,7 +521,21 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 .iter()
                 .map(|s| split_pair(s).map(|(k, v)| (k, Value::String(v))))
                 .collect::<Result<Vec<_>>>()?;
-            let reply = connect(mount.mount.as_deref())?.call(&Request::Set { name, fields })?;
+            // Only a datatype change can take long: a pass over the data for their range.
+            let converts = fields.iter().any(|(k, _)| k == "datatype");
+            let bar = progress_bar(json.json || !converts, &format!("reading {name}'s values"));
+            let request = Request::Set {
+                name,
+                fields,
+                progress: bar.is_some(),
+            };
+            let mut client = connect(mount.mount.as_deref())?;
+            let reply = match &bar {
+                Some(bar) => client.call_with_progress(&request, &bar_progress(bar)),
+                None => client.call(&request),
+            };
+            finish_bar(bar, reply.is_ok());
+            let reply = reply?;
             if json.json {
                 print_json(&without_ok(reply));
             } else {

@@ -71,10 +71,63 @@ impl<W: Write + ?Sized> Write for Counting<'_, W> {
     }
 }
 
+/// Counts work done by several threads at once and reports it, about once per percent,
+/// through one lock, so the reporter still sees its calls one at a time and in order.
+pub struct Shared<'a> {
+    progress: &'a dyn Progress,
+    total: u64,
+    state: std::sync::Mutex<(u64, u64)>,
+}
+
+impl<'a> Shared<'a> {
+    /// Starts the count at zero of `total`, and says so.
+    pub fn new(total: u64, progress: &'a dyn Progress) -> Self {
+        progress.update(0, total);
+        Shared {
+            progress,
+            total,
+            state: std::sync::Mutex::new((0, 0)),
+        }
+    }
+
+    /// Adds `n` done; reports when a percent more is done, or all of it.
+    pub fn add(&self, n: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, reported) = &mut *state;
+        *done = done.saturating_add(n).min(self.total);
+        let step = (self.total / 100).max(1);
+        if *done - *reported >= step || (*done == self.total && *reported != *done) {
+            *reported = *done;
+            self.progress.update(*done, self.total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn shared_counts_from_two_threads_report_in_order_and_end_at_the_total() {
+        let seen = Mutex::new(Vec::new());
+        let record = |done: u64, total: u64| seen.lock().unwrap().push((done, total));
+        let shared = Shared::new(10_000, &record);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..500 {
+                        shared.add(10);
+                    }
+                });
+            }
+        });
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.first(), Some(&(0, 10_000)));
+        assert_eq!(seen.last(), Some(&(10_000, 10_000)));
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+        assert!(seen.len() <= 102, "about once per percent: {}", seen.len());
+    }
 
     #[test]
     fn counts_every_byte_reports_in_order_and_ends_at_the_total() {

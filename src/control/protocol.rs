@@ -42,6 +42,9 @@ pub enum Request {
     Set {
         name: String,
         fields: Vec<(String, Value)>,
+        /// Send `{"progress": ...}` lines while a datatype change passes over the data.
+        #[serde(default)]
+        progress: bool,
     },
     /// Replace the affine (written to the sform, and the qform when it is in use).
     SetAffine {

@@ -313,7 +313,15 @@ fn handle(
             images: catalog.list(),
         }),
         Request::Show { name } => to_value(show(catalog, &name)?),
-        Request::Set { name, fields } => to_value(set(catalog, &name, &fields)?),
+        Request::Set {
+            name,
+            fields,
+            progress,
+        } => {
+            let report = progress_lines(stream);
+            let progress: &dyn Progress = if progress { &report } else { &Silent };
+            to_value(set(catalog, &name, &fields, progress)?)
+        }
         Request::SetAffine { name, affine } => {
             if affine.iter().flatten().any(|x| !x.is_finite()) {
                 return Err(Failure::new(
@@ -361,15 +369,7 @@ fn handle(
             progress,
         } => {
             absolute(&out)?;
-            // A client that stopped reading only loses its progress lines; the save goes on.
-            let report = |done, total| {
-                let line = ProgressLine {
-                    progress: ProgressCount { done, total },
-                };
-                let mut out = serde_json::to_vec(&line).expect("progress serializes");
-                out.push(b'\n');
-                let _ = fdpass::send_with_fds(stream, &out, &[]);
-            };
+            let report = progress_lines(stream);
             let progress: &dyn Progress = if progress { &report } else { &Silent };
             catalog
                 .save_with_progress(&name, &out, progress)
@@ -425,7 +425,25 @@ fn handle(
 
 /// Applies a `set`, and reports each field the request named with its new value, then the
 /// fields that changed as a consequence.
-fn set(catalog: &Catalog, name: &str, fields: &[(String, Value)]) -> Result<SetAnswer, Failure> {
+/// Progress told to the client as `{"progress": ...}` lines before the answer. A client that
+/// stopped reading only loses its progress lines; the work goes on.
+fn progress_lines(stream: &UnixStream) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        let line = ProgressLine {
+            progress: ProgressCount { done, total },
+        };
+        let mut out = serde_json::to_vec(&line).expect("progress serializes");
+        out.push(b'\n');
+        let _ = fdpass::send_with_fds(stream, &out, &[]);
+    }
+}
+
+fn set(
+    catalog: &Catalog,
+    name: &str,
+    fields: &[(String, Value)],
+    progress: &dyn Progress,
+) -> Result<SetAnswer, Failure> {
     let edits: Vec<(String, String)> = fields
         .iter()
         .map(|(k, v)| (k.clone(), field_text(v)))
@@ -433,7 +451,7 @@ fn set(catalog: &Catalog, name: &str, fields: &[(String, Value)]) -> Result<SetA
     let (changed, also_changed) = catalog
         .edit(name, |img| {
             let before = img.header().clone();
-            img.set_fields(&edits)?;
+            img.set_fields_with_progress(&edits, progress)?;
             let after = img.header();
             let value = |field: &str| after.get(field).map(|v| v.to_json()).unwrap_or(Value::Null);
             let mut named: Vec<&str> = Vec::new();

@@ -25,6 +25,7 @@ pub use state::{DirtyState, LARGE_EXTENSION, Reason};
 
 use crate::format::header::FieldValue;
 use crate::format::{self, Affine, DataType, Extension, Flavor, FormatError, Header};
+use crate::progress::{Progress, Shared, Silent};
 use convert::ValueRange;
 
 /// Why an operation on an image failed.
@@ -256,6 +257,17 @@ impl Image {
     /// Sets a header field by nibabel's name. `datatype` converts the data (as nibabel does on
     /// save); fields imgfs lays out itself are refused.
     pub fn set_field(&mut self, name: &str, value: &str) -> Result<(), ImageError> {
+        self.set_field_with_progress(name, value, &Silent)
+    }
+
+    /// [`Image::set_field`], telling `progress` how far a datatype change's pass over the data
+    /// has got.
+    pub fn set_field_with_progress(
+        &mut self,
+        name: &str,
+        value: &str,
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
         match name {
             "datatype" => {
                 let dtype = DataType::from_name(value).ok_or_else(|| {
@@ -264,7 +276,7 @@ impl Image {
                          int32, float32, float64, complex64, RGB, or a NIfTI code"
                     ))
                 })?;
-                return self.set_data_dtype(dtype);
+                return self.set_data_dtype_with_progress(dtype, progress);
             }
             "bitpix" => return Err(refused_field(name, "it follows datatype")),
             "sizeof_hdr" | "magic" | "vox_offset" => {
@@ -293,6 +305,16 @@ impl Image {
 
     /// Sets several fields at once: all or none.
     pub fn set_fields(&mut self, edits: &[(String, String)]) -> Result<(), ImageError> {
+        self.set_fields_with_progress(edits, &Silent)
+    }
+
+    /// [`Image::set_fields`], telling `progress` how far a datatype change's pass over the
+    /// data has got.
+    pub fn set_fields_with_progress(
+        &mut self,
+        edits: &[(String, String)],
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
         let saved = (
             self.header.clone(),
             self.affine,
@@ -302,7 +324,7 @@ impl Image {
             self.base_scaling.clone(),
         );
         for (name, value) in edits {
-            if let Err(e) = self.set_field(name, value) {
+            if let Err(e) = self.set_field_with_progress(name, value, progress) {
                 (
                     self.header,
                     self.affine,
@@ -337,6 +359,16 @@ impl Image {
     /// every later change starts from the same data, never from this one's rounded numbers.
     /// The value range nibabel's scaling needs takes one pass over the data, once per base.
     pub fn set_data_dtype(&mut self, dtype: DataType) -> Result<(), ImageError> {
+        self.set_data_dtype_with_progress(dtype, &Silent)
+    }
+
+    /// [`Image::set_data_dtype`], telling `progress` how many bytes of the data the value
+    /// range pass has read (the long part, on a large or compressed original).
+    pub fn set_data_dtype_with_progress(
+        &mut self,
+        dtype: DataType,
+        progress: &dyn Progress,
+    ) -> Result<(), ImageError> {
         if self.dtype == dtype {
             return Ok(());
         }
@@ -352,7 +384,7 @@ impl Image {
             }
         } else {
             let range = if convert::needs_range(from, dtype) {
-                Some(self.value_range(&base, from)?)
+                Some(self.value_range(&base, from, progress)?)
             } else {
                 None
             };
@@ -389,7 +421,12 @@ impl Image {
     /// The finite range of a base's values, in one pass over the stored data (not loading
     /// them); remembered for the next change of the same base. An uncompressed file is split
     /// over two threads; a gzip stream is read in order, which builds its index as it goes.
-    fn value_range(&mut self, base: &DataObj, from: Encoding) -> Result<ValueRange, ImageError> {
+    fn value_range(
+        &mut self,
+        base: &DataObj,
+        from: Encoding,
+        progress: &dyn Progress,
+    ) -> Result<ValueRange, ImageError> {
         if let Some((b, e, range)) = &self.base_range
             && b.is(base)
             && *e == from
@@ -403,13 +440,16 @@ impl Image {
         let stored = if let Some(data) = base.in_memory() {
             convert::stored_range(from.dtype, format::ByteOrder::native(), data.bytes())
         } else if base.gzip_source().is_some() {
-            data_range(base, 0, base.len()).map_err(|e| self.data_error(e.to_string()))?
+            let shared = Shared::new(base.len(), progress);
+            data_range(base, 0, base.len(), &shared).map_err(|e| self.data_error(e.to_string()))?
         } else {
             let unit = from.dtype.size() as u64;
             let half = (base.len() / unit / 2) * unit;
+            let shared = Shared::new(base.len(), progress);
+            let shared = &shared;
             let ranges = std::thread::scope(|s| {
                 let parts = [(0, half), (half, base.len())]
-                    .map(|(a, b)| s.spawn(move || data_range(base, a, b)));
+                    .map(|(a, b)| s.spawn(move || data_range(base, a, b, shared)));
                 parts.map(|p| p.join().expect("range thread"))
             });
             let [a, b] = ranges;
@@ -606,10 +646,11 @@ impl Image {
 }
 
 /// The stored range of data bytes `[a, b)`, read in 4 MiB chunks.
-fn data_range(data: &DataObj, a: u64, b: u64) -> std::io::Result<ValueRange> {
+fn data_range(data: &DataObj, a: u64, b: u64, done: &Shared) -> std::io::Result<ValueRange> {
     let mut range = ValueRange::default();
     read_chunks(data, a, b, |bytes| {
         range = range.merge(convert::stored_range(data.dtype(), data.order(), bytes));
+        done.add(bytes.len() as u64);
     })?;
     Ok(range)
 }

@@ -2,6 +2,7 @@
 statuses and --json, through the real binary and real mounts."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -434,6 +435,40 @@ def test_save_with_progress_sends_progress_lines_then_the_answer_last(mnt, big_i
         assert raw.lines() == [{"ok": True, "path": out}]
     finally:
         raw.ask(op="rm", name="big")
+        raw.close()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["nii", "nii.gz"])
+def test_a_datatype_change_sends_progress_of_its_pass_then_the_answer(mnt, big_image, tmp_path,
+                                                                        compressed):
+    """The value-range pass of `set datatype=` (one pass over the original, the long part on a
+    large or compressed image) reports its progress, in order, before the answer."""
+    path = big_image
+    if compressed:
+        import gzip
+        path = str(tmp_path / "big.nii.gz")
+        with open(big_image, "rb") as f, gzip.open(path, "wb", compresslevel=1) as g:
+            shutil.copyfileobj(f, g)
+    raw = Raw(mnt)
+    try:
+        assert raw.ask(op="add", path=path, name="conv")["ok"] is True
+        raw.send(json.dumps({"op": "set", "name": "conv", "fields": [["datatype", "int16"]],
+                             "progress": True}))
+        lines = raw.lines()
+        total = 256 ** 3 * 4
+        progress = [line["progress"] for line in lines[:-1]]
+        assert lines[-1]["ok"] is True and lines[-1]["dtype"] == "int16", lines[-1]
+        assert len(progress) >= 10, progress
+        assert progress[0] == {"done": 0, "total": total}
+        assert progress[-1] == {"done": total, "total": total}
+        assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
+        # A set that changes no datatype, or asks for none: the answer alone.
+        raw.send(json.dumps({"op": "set", "name": "conv", "fields": [["descrip", "x"]],
+                             "progress": True}))
+        only = raw.lines()
+        assert len(only) == 1 and only[0]["ok"] is True, only
+    finally:
+        raw.ask(op="rm", name="conv")
         raw.close()
 
 
