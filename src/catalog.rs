@@ -1,9 +1,9 @@
 //! The catalog: the named images of one mount and the file version each one is served as.
 //!
-//! This is the filesystem without the kernel: it answers lookups, opens and reads in plain
-//! types, and the FUSE adapter only translates. Each change to an image gives it a new version
+//! This is the image registry and its edits. Each change to an image gives it a new version
 //! with its own inode, so a reader that opened a version keeps reading it to the end while a
-//! later open sees the new one; the kernel is told to forget the old name binding.
+//! later open sees the new one; the kernel is told to forget the old name binding. Which
+//! versions the kernel holds, its open handles and listings are [`crate::vfs`]'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::format::{self, Flavor};
+use crate::format;
 use crate::image::{DirtyState, FileSource, Image, ImageError};
 use crate::render::{Chunk, Rendering};
 
@@ -144,13 +144,6 @@ impl Version {
     }
 }
 
-/// A directory listing: file names with their attributes, and the versions they name, kept
-/// alive while the listing is paged through so that every inode it hands out can be opened.
-pub struct Listing {
-    pub files: Vec<(String, Attr)>,
-    _versions: Vec<Arc<Version>>,
-}
-
 /// A file's attributes, as the kernel needs them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attr {
@@ -158,15 +151,6 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub is_dir: bool,
-}
-
-/// How an open file is to be served.
-#[derive(Debug)]
-pub enum Opened {
-    /// Hand the kernel this file: reads go to it directly (FUSE passthrough).
-    Passthrough { fh: u64, source: Arc<FileSource> },
-    /// Reads come to [`Catalog::read`].
-    Rendered { fh: u64 },
 }
 
 /// Told when a name's file changes, so the kernel's caches can be invalidated.
@@ -182,6 +166,8 @@ pub struct Stats {
     pub rendered_opens: AtomicU64,
     pub forwarded_reads: AtomicU64,
     pub rendered_reads: AtomicU64,
+    /// Versions the kernel holds by inode (kept by [`crate::vfs`]).
+    pub kernel_held_versions: AtomicU64,
 }
 
 /// One line of `imgfs ls`.
@@ -210,14 +196,7 @@ pub struct Catalog {
     mount_dir: PathBuf,
     entries: RwLock<BTreeMap<String, Arc<Mutex<Entry>>>>,
     versions: Mutex<HashMap<u64, Weak<Version>>>,
-    /// The versions the kernel knows by inode, with its lookup count for each. A version stays
-    /// openable until the kernel forgets it: a name looked up just before an edit still names
-    /// the version it was looked up as, and opening it reads that whole version.
-    kernel_refs: Mutex<HashMap<u64, (Arc<Version>, u64)>>,
-    handles: RwLock<HashMap<u64, Arc<Version>>>,
-    listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_ino: AtomicU64,
-    next_fh: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
     pub stats: Stats,
 }
@@ -228,11 +207,7 @@ impl Catalog {
             mount_dir,
             entries: RwLock::new(BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
-            kernel_refs: Mutex::new(HashMap::new()),
-            handles: RwLock::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
-            next_fh: AtomicU64::new(1),
             invalidate: RwLock::new(None),
             stats: Stats::default(),
         }
@@ -485,168 +460,53 @@ impl Catalog {
         }
     }
 
-    /// Writes an image to disk in the format `out`'s name calls for.
-    pub fn save(&self, name: &str, out: &Path) -> Result<(), CatalogError> {
+    /// Runs `f` on an image as it is now (to save it, say), without changing it.
+    pub fn with_image<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Image) -> R,
+    ) -> Result<R, CatalogError> {
         let entry = self.entry(name)?;
         let entry = entry.lock();
-        save_image(&entry.image, out).map_err(|source| CatalogError::Image {
-            name: name.to_string(),
-            source,
-        })
+        Ok(f(&entry.image))
     }
 
-    // ---- the filesystem side ----
+    // ---- what the kernel-facing tables ([`crate::vfs`]) ask ----
+
+    /// The file name's image and its current version, brought up to date.
+    pub fn current(&self, file_name: &OsStr) -> Option<Arc<Version>> {
+        let name = Catalog::name_of(file_name)?;
+        let entry = self.entry(name).ok()?;
+        let mut entry = entry.lock();
+        self.refresh(&mut entry);
+        Some(entry.version.clone())
+    }
 
     fn name_of(file_name: &OsStr) -> Option<&str> {
         file_name.to_str()?.strip_suffix(SUFFIX)
     }
 
-    pub fn lookup(&self, file_name: &OsStr) -> Result<Attr, FsError> {
-        let name = Catalog::name_of(file_name).ok_or(FsError::NotFound)?;
-        let entry = self.entry(name).map_err(|_| FsError::NotFound)?;
-        let mut entry = entry.lock();
-        self.refresh(&mut entry);
-        self.kernel_learned(&entry.version);
-        Ok(attr_of(&entry.version))
-    }
-
-    fn kernel_learned(&self, version: &Arc<Version>) {
-        self.kernel_refs
-            .lock()
-            .entry(version.ino)
-            .or_insert_with(|| (version.clone(), 0))
-            .1 += 1;
-    }
-
-    /// The kernel was handed a listed file's inode with its attributes (`readdirplus`): it now
-    /// holds one more lookup of it.
-    pub fn listed(&self, ino: u64) {
-        if let Some(version) = self.version(ino) {
-            self.kernel_learned(&version);
-        }
-    }
-
-    /// The kernel dropped `count` lookups of an inode; at none, the version may go.
-    pub fn forget(&self, ino: u64, count: u64) {
-        let mut refs = self.kernel_refs.lock();
-        if let Some((_, held)) = refs.get_mut(&ino) {
-            *held = held.saturating_sub(count);
-            if *held == 0 {
-                refs.remove(&ino);
-            }
-        }
-    }
-
-    /// How many versions the kernel still holds by inode (for tests and `stats`).
-    pub fn kernel_held_versions(&self) -> usize {
-        self.kernel_refs.lock().len()
-    }
-
-    fn version(&self, ino: u64) -> Option<Arc<Version>> {
+    /// The version with inode `ino`, while anything holds it.
+    pub fn version(&self, ino: u64) -> Option<Arc<Version>> {
         self.versions.lock().get(&ino).and_then(Weak::upgrade)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        if ino == ROOT_INO {
-            return Ok(Attr {
-                ino,
-                size: 0,
-                mtime: SystemTime::now(),
-                is_dir: true,
-            });
-        }
-        self.version(ino)
-            .map(|v| attr_of(&v))
-            .ok_or(FsError::NotFound)
-    }
-
-    /// Opens the directory: a snapshot of the listing (`.`, `..`, then each image's file with
-    /// its current version's attributes), which the reads of this handle page through.
-    pub fn opendir(&self) -> u64 {
-        let root = self.getattr(ROOT_INO).expect("the root always exists");
+    /// Each image's file name with its current version (not refreshed: a listing).
+    pub fn current_versions(&self) -> Vec<(String, Arc<Version>)> {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> = self
             .entries
             .read()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut files = vec![(".".to_string(), root), ("..".to_string(), root)];
-        let mut versions = Vec::with_capacity(entries.len());
-        for (name, entry) in entries {
-            let version = entry.lock().version.clone();
-            files.push((format!("{name}{SUFFIX}"), attr_of(&version)));
-            versions.push(version);
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.listings.lock().insert(
-            fh,
-            Arc::new(Listing {
-                files,
-                _versions: versions,
-            }),
-        );
-        fh
-    }
-
-    /// The listing of an open directory handle.
-    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>, FsError> {
-        self.listings.lock().get(&fh).cloned().ok_or(FsError::Stale)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.listings.lock().remove(&fh);
-    }
-
-    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let version = self.version(ino).ok_or(FsError::Stale)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let opened = match &version.body {
-            Body::Original(source) => {
-                // The file may have changed since lookup; a passthrough open would serve it.
-                if let Err(e) = source.check_unchanged() {
-                    log::warn!("refusing a stale passthrough open: {e}");
-                    return Err(FsError::Stale);
-                }
-                self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
-                Opened::Passthrough {
-                    fh,
-                    source: source.clone(),
-                }
-            }
-            _ => {
-                self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
-                Opened::Rendered { fh }
-            }
-        };
-        self.handles.write().insert(fh, version);
-        Ok(opened)
-    }
-
-    /// Called when passthrough could not be set up: reads of this handle come here instead.
-    pub fn passthrough_refused(&self) {
-        self.stats.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
-        self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
-        let version = self
-            .handles
-            .read()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::Stale)?;
-        let counter = if version.is_passthrough() {
-            &self.stats.forwarded_reads
-        } else {
-            &self.stats.rendered_reads
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        crate::fault::panic_if_asked(|| self.name_of_version(version.ino));
-        version.read(offset, size)
+        entries
+            .into_iter()
+            .map(|(name, entry)| (format!("{name}{SUFFIX}"), entry.lock().version.clone()))
+            .collect()
     }
 
     /// The image whose current version has inode `ino` (a slow scan: for the test-only panic).
-    fn name_of_version(&self, ino: u64) -> Option<String> {
+    pub fn name_of_version(&self, ino: u64) -> Option<String> {
         self.entries
             .read()
             .iter()
@@ -654,111 +514,17 @@ impl Catalog {
             .map(|(name, _)| name.clone())
     }
 
-    pub fn release(&self, fh: u64) {
-        self.handles.write().remove(&fh);
+    /// How many versions the kernel still holds by inode (for tests and `stats`).
+    pub fn kernel_held_versions(&self) -> usize {
+        self.stats.kernel_held_versions.load(Ordering::Relaxed) as usize
     }
 }
 
-fn attr_of(version: &Version) -> Attr {
+pub fn attr_of(version: &Version) -> Attr {
     Attr {
         ino: version.ino,
         size: version.size,
         mtime: version.mtime,
         is_dir: false,
-    }
-}
-
-/// Writes an image to `out`: NIfTI-2 stays NIfTI-2, Analyze stays Analyze in a pair, the rest
-/// is NIfTI-1.
-pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
-    let map = format::FileMap::from_path(out)?;
-    let source_flavor = image.header().flavor();
-    let flavor = match (map.is_single(), source_flavor) {
-        (_, Flavor::Nifti2) => Flavor::Nifti2,
-        (false, Flavor::Analyze) => Flavor::Analyze,
-        _ => Flavor::Nifti1,
-    };
-    let rendering = Rendering::of(image).map_err(ImageError::DataUnavailable)?;
-    let header = image.header_as(flavor);
-    let mut write = |w: &mut dyn std::io::Write| rendering.write_data_to(w);
-    format::io::save(
-        out,
-        format::io::ImageToSave {
-            header: &header,
-            extensions: image.extensions(),
-            affine: Some(image.affine()),
-            write_data: &mut write,
-        },
-    )?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::format::{ByteOrder, Header, affine};
-    use crate::image::VoxelBuffer;
-
-    fn catalog_with(name: &str) -> Catalog {
-        let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
-        let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
-        let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
-        let catalog = Catalog::new(PathBuf::from("/nowhere"));
-        catalog.insert(name, image).unwrap();
-        catalog
-    }
-
-    fn descrip_of(catalog: &Catalog, fh: u64) -> String {
-        let bytes = catalog.read(fh, 0, 348).unwrap();
-        Header::parse(&bytes).unwrap().descrip()
-    }
-
-    #[test]
-    fn a_looked_up_version_stays_openable_after_an_edit_until_the_kernel_forgets_it() {
-        let catalog = catalog_with("a");
-        let old = catalog.lookup(OsStr::new("a.nii")).unwrap();
-        catalog
-            .edit("a", |img| img.set_field("descrip", "new"))
-            .unwrap();
-        let new = catalog.lookup(OsStr::new("a.nii")).unwrap();
-        assert_ne!(old.ino, new.ino);
-        assert_eq!(catalog.kernel_held_versions(), 2);
-
-        let Opened::Rendered { fh } = catalog.open(old.ino).unwrap() else {
-            panic!("an in-memory image is rendered");
-        };
-        assert_eq!(descrip_of(&catalog, fh), "");
-        catalog.release(fh);
-
-        catalog.forget(old.ino, 1);
-        assert_eq!(catalog.open(old.ino).unwrap_err(), FsError::Stale);
-        assert_eq!(catalog.kernel_held_versions(), 1);
-        let Opened::Rendered { fh } = catalog.open(new.ino).unwrap() else {
-            panic!("an in-memory image is rendered");
-        };
-        assert_eq!(descrip_of(&catalog, fh), "new");
-    }
-
-    #[test]
-    fn lookups_are_counted_and_forgotten_together() {
-        let catalog = catalog_with("a");
-        let fh = catalog.opendir();
-        let ino = catalog.listing(fh).unwrap().files[2].1.ino;
-        catalog.listed(ino);
-        catalog.releasedir(fh);
-        catalog.lookup(OsStr::new("a.nii")).unwrap();
-        catalog
-            .edit("a", |img| img.set_field("descrip", "x"))
-            .unwrap();
-        catalog.forget(ino, 1);
-        let opened = catalog.open(ino).expect("one lookup is still held");
-        let Opened::Rendered { fh } = opened else {
-            panic!("an in-memory image is rendered");
-        };
-        catalog.release(fh);
-        catalog.forget(ino, 1);
-        assert_eq!(catalog.open(ino).unwrap_err(), FsError::Stale);
-        catalog.forget(ino, 5);
-        assert_eq!(catalog.kernel_held_versions(), 0);
     }
 }

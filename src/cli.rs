@@ -8,13 +8,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::catalog::{name_from_path, save_image};
+use crate::catalog::name_from_path;
 use crate::control::client::Client;
 use crate::control::protocol::Request;
 use crate::control::{self, resolve_mount_dir};
 use crate::format::{self, LoadedFile};
 use crate::image::Image;
 use crate::mount::{self, Mount, MountOptions};
+use crate::render::save_image;
 
 #[derive(Parser)]
 #[command(

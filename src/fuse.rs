@@ -1,4 +1,4 @@
-//! The FUSE adapter: translates kernel requests into [`Catalog`] calls and their results into
+//! The FUSE adapter: translates kernel requests into [`Vfs`] calls and their results into
 //! replies. Nothing else lives here; the only state it keeps is the kernel's own resource, the
 //! passthrough backing ids.
 
@@ -16,9 +16,10 @@ use fuser::{
 };
 use parking_lot::Mutex;
 
-use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
+use crate::catalog::{Attr, Catalog, FsError, Invalidate, ROOT_INO};
 use crate::fusermount::Watcher;
 use crate::image::FileSource;
+use crate::vfs::{Opened, Vfs};
 
 /// How long the kernel may cache a name or attributes; changes are also invalidated at once.
 const TTL: Duration = Duration::from_secs(1);
@@ -49,7 +50,7 @@ struct Backing {
 }
 
 pub struct ImageFs {
-    catalog: Arc<Catalog>,
+    vfs: Vfs,
     allow_passthrough: bool,
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
@@ -60,7 +61,7 @@ pub struct ImageFs {
 impl ImageFs {
     pub fn new(catalog: Arc<Catalog>, allow_passthrough: bool) -> ImageFs {
         ImageFs {
-            catalog,
+            vfs: Vfs::new(catalog),
             allow_passthrough,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
@@ -133,7 +134,7 @@ impl ImageFs {
     }
 }
 
-/// Runs one catalog call for a kernel request. A panic in it fails this request alone with
+/// Runs one call of the kernel-free side for a kernel request. A panic in it fails this request alone with
 /// EIO and is logged; uncaught, it would end a FUSE worker thread, and after a few of those the
 /// whole mount. The catalog's locks do not poison (parking_lot), so other requests go on.
 fn caught<T>(op: &str, call: impl FnOnce() -> Result<T, FsError>) -> Result<T, Errno> {
@@ -178,7 +179,7 @@ impl Filesystem for ImageFs {
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
-        match caught("lookup", || self.catalog.lookup(name)) {
+        match caught("lookup", || self.vfs.lookup(name)) {
             Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -186,13 +187,13 @@ impl Filesystem for ImageFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _ = caught("forget", || {
-            self.catalog.forget(ino.0, nlookup);
+            self.vfs.forget(ino.0, nlookup);
             Ok(())
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match caught("getattr", || self.catalog.getattr(ino.0)) {
+        match caught("getattr", || self.vfs.getattr(ino.0)) {
             Ok(attr) if attr.is_dir => reply.attr(&ROOT_TTL, &self.file_attr(&attr)),
             Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
             Err(e) => reply.error(e),
@@ -203,14 +204,14 @@ impl Filesystem for ImageFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match caught("open", || self.catalog.open(ino.0)) {
+        match caught("open", || self.vfs.open(ino.0)) {
             Ok(Opened::Passthrough { fh, source }) => {
                 if self.passthrough.load(Ordering::Relaxed)
                     && let Some(id) = self.open_passthrough(ino.0, fh, &source, &reply)
                 {
                     return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
-                self.catalog.passthrough_refused();
+                self.vfs.passthrough_refused();
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             // A version never changes, so the kernel's cached pages stay valid across opens.
@@ -233,7 +234,7 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         let read = caught("read", || {
-            self.catalog
+            self.vfs
                 .read(fh.0, offset, size as usize)
                 .inspect_err(|e| log::warn!("read of handle {} failed: {e}", fh.0))
         });
@@ -254,7 +255,7 @@ impl Filesystem for ImageFs {
         reply: ReplyEmpty,
     ) {
         let _ = caught("release", || {
-            self.catalog.release(fh.0);
+            self.vfs.release(fh.0);
             Ok(())
         });
         self.backing.lock().by_fh.remove(&fh.0);
@@ -265,7 +266,7 @@ impl Filesystem for ImageFs {
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
-        match caught("opendir", || Ok(self.catalog.opendir())) {
+        match caught("opendir", || Ok(self.vfs.opendir())) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -279,7 +280,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
+        let listing = match caught("readdir", || self.vfs.listing(fh.0)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
@@ -300,7 +301,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
+        let listing = match caught("readdir", || self.vfs.listing(fh.0)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
@@ -319,7 +320,7 @@ impl Filesystem for ImageFs {
             // The kernel counts a lookup for every entry but `.` and `..`.
             if !attr.is_dir {
                 let _ = caught("readdirplus", || {
-                    self.catalog.listed(attr.ino);
+                    self.vfs.listed(attr.ino);
                     Ok(())
                 });
             }
@@ -336,7 +337,7 @@ impl Filesystem for ImageFs {
         reply: ReplyEmpty,
     ) {
         let _ = caught("releasedir", || {
-            self.catalog.releasedir(fh.0);
+            self.vfs.releasedir(fh.0);
             Ok(())
         });
         reply.ok();

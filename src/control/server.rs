@@ -291,7 +291,10 @@ fn handle(
                     out.display()
                 ));
             }
-            catalog.save(&name, &out).map_err(|e| text(&e))?;
+            catalog
+                .with_image(&name, |image| crate::render::save_image(image, &out))
+                .map_err(|e| text(&e))?
+                .map_err(|e| format!("image '{name}': {e}"))?;
             json!({"path": out})
         }
         Request::Put {

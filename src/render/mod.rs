@@ -16,6 +16,9 @@ use crate::image::data::Conversion;
 use crate::image::data::swap_in_place;
 use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
 
+pub mod save;
+pub use save::save_image;
+
 /// Where a rendering takes its stored numbers from.
 #[derive(Debug)]
 enum Source {
