@@ -49,6 +49,10 @@ pub enum FsError {
     Stale,
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    Denied(&'static str),
+    #[error(transparent)]
+    Written(#[from] crate::written::WriteError),
 }
 
 impl FsError {
@@ -57,6 +61,8 @@ impl FsError {
             FsError::NotFound => libc::ENOENT,
             FsError::Stale => libc::ESTALE,
             FsError::Io(_) => libc::EIO,
+            FsError::Denied(_) => libc::EACCES,
+            FsError::Written(e) => e.errno(),
         }
     }
 }
@@ -151,6 +157,8 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub is_dir: bool,
+    /// Written in the mount: its owner may change it.
+    pub writable: bool,
 }
 
 /// Told when a name's file changes, so the kernel's caches can be invalidated.
@@ -486,6 +494,12 @@ impl Catalog {
         file_name.to_str()?.strip_suffix(SUFFIX)
     }
 
+    /// A fresh inode number, for a file that is not an image version (one written in the
+    /// mount): one counter keeps every inode of the mount distinct.
+    pub fn allocate_ino(&self) -> u64 {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// The version with inode `ino`, while anything holds it.
     pub fn version(&self, ino: u64) -> Option<Arc<Version>> {
         self.versions.lock().get(&ino).and_then(Weak::upgrade)
@@ -526,5 +540,6 @@ pub fn attr_of(version: &Version) -> Attr {
         size: version.size,
         mtime: version.mtime,
         is_dir: false,
+        writable: false,
     }
 }

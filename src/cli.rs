@@ -56,6 +56,8 @@ enum Verb {
         /// Serve clean files by forwarding reads instead of kernel passthrough.
         #[arg(long)]
         no_passthrough: bool,
+        #[command(flatten)]
+        writing: Writing,
         /// Internal: report readiness on stdout, then detach from it.
         #[arg(long, hide = true)]
         daemon_ready: bool,
@@ -127,9 +129,62 @@ enum Verb {
         /// An image to load first, NAME=PATH or PATH (repeatable).
         #[arg(long = "add", value_name = "NAME=PATH")]
         add: Vec<String>,
+        #[command(flatten)]
+        writing: Writing,
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
+}
+
+/// Whether users may write files into the mount, and how much.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Writing {
+    /// Refuse every write: no file can be created in the mount.
+    #[arg(long)]
+    read_only: bool,
+    /// The most memory files written in the mount may hold (bytes, or with K, M, G, T:
+    /// powers of 1024); past it a write fails with ENOSPC. Default: half the machine's RAM.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+}
+
+impl Writing {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.read_only {
+            args.push("--read-only".to_string());
+        }
+        if let Some(max) = self.max_memory {
+            args.push(format!("--max-memory={max}"));
+        }
+        args
+    }
+}
+
+/// A size such as `512M`: a whole number with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{text:?}: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4096, 512M or 2G"))?;
+    match n.checked_mul(1u64 << shift) {
+        Some(0) => Err(format!("{text:?}: the limit must be more than 0")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
 }
 
 /// Runs the CLI; errors are printed as `imgfs: ...` with exit code 1.
@@ -211,6 +266,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             foreground,
             allow_other,
             no_passthrough,
+            writing,
             daemon_ready,
         } => {
             let dir = match dir {
@@ -221,6 +277,8 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 allow_other,
                 control: true,
                 no_passthrough,
+                read_only: writing.read_only,
+                max_memory: writing.max_memory.unwrap_or(0),
             };
             if foreground {
                 mount::run_daemon(&dir, &options, |dir| {
@@ -234,7 +292,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 })
                 .with_context(|| format!("mounting {}", dir.display()))?;
             } else {
-                spawn_daemon(&dir, allow_other, no_passthrough)?;
+                spawn_daemon(&dir, allow_other, no_passthrough, writing)?;
                 println!("{}", dir.display());
             }
         }
@@ -310,7 +368,11 @@ fn run(verb: Verb) -> Result<ExitCode> {
             reply.as_object_mut().map(|o| o.remove("ok"));
             print_json(&reply);
         }
-        Verb::Run { add, command } => return run_command(&add, &command),
+        Verb::Run {
+            add,
+            writing,
+            command,
+        } => return run_command(&add, writing, &command),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -325,7 +387,12 @@ fn detach_stdout() {
 }
 
 /// Starts `imgfs mount DIR --foreground` in its own session and waits until it is live.
-fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<()> {
+fn spawn_daemon(
+    dir: &Path,
+    allow_other: bool,
+    no_passthrough: bool,
+    writing: Writing,
+) -> Result<()> {
     let log = control::log_path(dir)?;
     let log_file = control::create_log(&log)?;
     let mut cmd = Command::new(std::env::current_exe()?);
@@ -341,6 +408,7 @@ fn spawn_daemon(dir: &Path, allow_other: bool, no_passthrough: bool) -> Result<(
     if no_passthrough {
         cmd.arg("--no-passthrough");
     }
+    cmd.args(writing.args());
     // SAFETY: setsid is async-signal-safe and is all that runs between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -394,12 +462,14 @@ fn unmount(dir: Option<&Path>) -> Result<()> {
     }
 }
 
-fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
+fn run_command(add: &[String], writing: Writing, command: &[String]) -> Result<ExitCode> {
     let dir = control::control_dir()?.join(format!("run-{}", std::process::id()));
     let mount = Mount::with_options(
         &dir,
         &MountOptions {
             control: true,
+            read_only: writing.read_only,
+            max_memory: writing.max_memory.unwrap_or(0),
             ..MountOptions::default()
         },
     )

@@ -11,8 +11,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo,
-    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, Request, Session, SessionACL,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -36,6 +37,10 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Never use kernel passthrough: clean files are served by forwarding reads.
     pub no_passthrough: bool,
+    /// Refuse every write (today's behaviour before writing existed).
+    pub read_only: bool,
+    /// Bytes that files written in the mount may hold together (0: half the machine's RAM).
+    pub max_memory: u64,
 }
 
 /// Backing files registered with the kernel, one per inode while any handle is open.
@@ -60,8 +65,12 @@ pub struct ImageFs {
 
 impl ImageFs {
     pub fn new(catalog: Arc<Catalog>, allow_passthrough: bool) -> ImageFs {
+        ImageFs::with_vfs(Vfs::new(catalog), allow_passthrough)
+    }
+
+    pub fn with_vfs(vfs: Vfs, allow_passthrough: bool) -> ImageFs {
         ImageFs {
-            vfs: Vfs::new(catalog),
+            vfs,
             allow_passthrough,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
@@ -73,10 +82,11 @@ impl ImageFs {
     }
 
     fn file_attr(&self, attr: &Attr) -> FileAttr {
-        let (kind, perm, nlink) = if attr.is_dir {
-            (FileType::Directory, 0o555, 2)
-        } else {
-            (FileType::RegularFile, 0o444, 1)
+        let (kind, perm, nlink) = match (attr.is_dir, attr.writable) {
+            (true, false) => (FileType::Directory, 0o555, 2),
+            (true, true) => (FileType::Directory, 0o755, 2),
+            (false, false) => (FileType::RegularFile, 0o444, 1),
+            (false, true) => (FileType::RegularFile, 0o644, 1),
         };
         FileAttr {
             ino: INodeNo(attr.ino),
@@ -176,10 +186,7 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 != ROOT_INO {
-            return reply.error(Errno::ENOENT);
-        }
-        match caught("lookup", || self.vfs.lookup(name)) {
+        match caught("lookup", || self.vfs.lookup(parent.0, name)) {
             Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -201,10 +208,8 @@ impl Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match caught("open", || self.vfs.open(ino.0)) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match caught("open", || self.vfs.open(ino.0, write)) {
             Ok(Opened::Passthrough { fh, source }) => {
                 if self.passthrough.load(Ordering::Relaxed)
                     && let Some(id) = self.open_passthrough(ino.0, fh, &source, &reply)
@@ -218,8 +223,163 @@ impl Filesystem for ImageFs {
             Ok(Opened::Rendered { fh }) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
+            // A written file changes: no cache kept across opens. Not direct_io either, so that
+            // shared writable mappings (MRtrix3 writes through one) work.
+            Ok(Opened::Written { fh }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exclusive = flags & libc::O_EXCL != 0;
+        match caught("create", || self.vfs.create(parent.0, name, exclusive)) {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &self.file_attr(&attr),
+                fuser::Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match caught("write", || self.vfs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => std::time::SystemTime::now(),
+        });
+        match caught("setattr", || self.vfs.setattr(ino.0, size, mtime)) {
+            Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match caught("mkdir", || self.vfs.mkdir(parent.0, name)) {
+            Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match caught("unlink", || self.vfs.unlink(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match caught("rmdir", || self.vfs.rmdir(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match caught("rename", || {
+            self.vfs
+                .rename(parent.0, name, newparent.0, newname, no_replace)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    // The bytes are in memory already: as on tmpfs, there is nothing to flush or sync.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BLOCK: u64 = 4096;
+        let (used, limit) = self.vfs.usage().unwrap_or((0, 0));
+        let blocks = limit / BLOCK;
+        let free = limit.saturating_sub(used) / BLOCK;
+        reply.statfs(blocks, free, free, 0, 0, BLOCK as u32, 255, BLOCK as u32);
     }
 
     fn read(
@@ -263,10 +423,7 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 != ROOT_INO {
-            return reply.error(Errno::ENOTDIR);
-        }
-        match caught("opendir", || Ok(self.vfs.opendir())) {
+        match caught("opendir", || self.vfs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -318,7 +475,7 @@ impl Filesystem for ImageFs {
                 break;
             }
             // The kernel counts a lookup for every entry but `.` and `..`.
-            if !attr.is_dir {
+            if name != "." && name != ".." {
                 let _ = caught("readdirplus", || {
                     self.vfs.listed(attr.ino);
                     Ok(())
@@ -367,7 +524,7 @@ pub fn mount(
     settings: &MountSettings,
 ) -> std::io::Result<(Session<ImageFs>, Watcher)> {
     let mut options = vec![
-        "ro",
+        if settings.read_only { "ro" } else { "rw" },
         "nosuid",
         "nodev",
         "noatime",
@@ -386,8 +543,17 @@ pub fn mount(
     config.acl = acl;
     config.n_threads = Some(4);
     config.clone_fd = true;
+    let vfs = if settings.read_only {
+        Vfs::new(catalog.clone())
+    } else {
+        let limit = match settings.max_memory {
+            0 => half_of_ram(),
+            n => n,
+        };
+        Vfs::with_writing(catalog.clone(), Some(crate::written::Budget::new(limit)))
+    };
     let session = Session::from_fd(
-        ImageFs::new(catalog.clone(), !settings.no_passthrough),
+        ImageFs::with_vfs(vfs, !settings.no_passthrough),
         device,
         acl,
         config,
@@ -397,6 +563,19 @@ pub fn mount(
         notifier: session.notifier(),
     }));
     Ok((session, watcher))
+}
+
+/// The default limit on written files: half the machine's RAM, as tmpfs takes by default.
+fn half_of_ram() -> u64 {
+    // SAFETY: sysinfo fills the struct it is given and touches no other memory.
+    let info = unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return 1 << 30;
+        }
+        info
+    };
+    (info.totalram as u64).saturating_mul(info.mem_unit as u64) / 2
 }
 
 /// Raises the mount's readahead window (the kernel's default for FUSE is 128 KiB), so that

@@ -20,3 +20,4 @@ pub mod mount;
 pub mod mountinfo;
 pub mod render;
 pub mod vfs;
+pub mod written;

@@ -17,12 +17,20 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{Attr, Body, Catalog, FsError, ROOT_INO, Version, attr_of};
 use crate::image::FileSource;
 use crate::render::Chunk;
+use crate::written::{Budget, Node, Tree, WriteError, WrittenFile};
+
+/// What an open file handle reads from.
+enum Handle {
+    Version(Arc<Version>),
+    Written(Arc<WrittenFile>),
+}
 
 /// A directory listing: file names with their attributes, and the versions they name, kept
 /// alive while the listing is paged through so that every inode it hands out can be opened.
 pub struct Listing {
     pub files: Vec<(String, Attr)>,
     _versions: Vec<Arc<Version>>,
+    _written: Vec<Node>,
 }
 
 /// How an open file is to be served.
@@ -32,6 +40,8 @@ pub enum Opened {
     Passthrough { fh: u64, source: Arc<FileSource> },
     /// Reads come to [`Vfs::read`].
     Rendered { fh: u64 },
+    /// A file written in the mount: reads and writes come to [`Vfs::read`] and [`Vfs::write`].
+    Written { fh: u64 },
 }
 
 /// The kernel's view of one mount.
@@ -41,30 +51,236 @@ pub struct Vfs {
     /// openable until the kernel forgets it: a name looked up just before an edit still names
     /// the version it was looked up as, and opening it reads that whole version.
     kernel_refs: Mutex<HashMap<u64, (Arc<Version>, u64)>>,
-    handles: RwLock<HashMap<u64, Arc<Version>>>,
+    handles: RwLock<HashMap<u64, Handle>>,
     listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
+    /// Files and directories written in the mount; None on a read-only mount.
+    tree: Option<Mutex<Tree>>,
+    /// The written nodes the kernel knows by inode, with its lookup count for each: an
+    /// unlinked file stays readable through the inode while the kernel holds it.
+    written_refs: Mutex<HashMap<u64, (Node, u64)>>,
 }
 
 impl Vfs {
+    /// A read-only view of the catalog.
     pub fn new(catalog: Arc<Catalog>) -> Vfs {
+        Vfs::with_writing(catalog, None)
+    }
+
+    /// A view of the catalog where, with a budget, the user may also write files and
+    /// directories, holding at most the budget's limit of bytes.
+    pub fn with_writing(catalog: Arc<Catalog>, budget: Option<Arc<Budget>>) -> Vfs {
         Vfs {
             catalog,
             kernel_refs: Mutex::new(HashMap::new()),
             handles: RwLock::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            tree: budget.map(|b| Mutex::new(Tree::new(ROOT_INO, b))),
+            written_refs: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    /// Bytes held by written files and the limit on them (statfs), if writable.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let tree = self.tree.as_ref()?.lock();
+        Some((tree.budget.used(), tree.budget.limit))
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
     }
 
-    pub fn lookup(&self, file_name: &OsStr) -> Result<Attr, FsError> {
+    pub fn lookup(&self, parent: u64, file_name: &OsStr) -> Result<Attr, FsError> {
+        if let Some(node) = self.written_node(parent, file_name)? {
+            return Ok(self.written_learned(node));
+        }
+        if parent != ROOT_INO {
+            return Err(FsError::NotFound);
+        }
         let version = self.catalog.current(file_name).ok_or(FsError::NotFound)?;
         self.kernel_learned(&version);
         Ok(attr_of(&version))
+    }
+
+    /// The written node `name` in `parent`, if the mount is writable and has one.
+    fn written_node(&self, parent: u64, name: &OsStr) -> Result<Option<Node>, FsError> {
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        match tree.lock().lookup(parent, name) {
+            Ok(node) => Ok(Some(node)),
+            Err(WriteError::NotFound) => Ok(None),
+            Err(WriteError::NotDir) if parent == ROOT_INO => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn written_learned(&self, node: Node) -> Attr {
+        let attr = self.written_attr(&node);
+        self.written_refs
+            .lock()
+            .entry(node.ino())
+            .or_insert_with(|| (node, 0))
+            .1 += 1;
+        attr
+    }
+
+    fn written_attr(&self, node: &Node) -> Attr {
+        match node {
+            Node::File(f) => Attr {
+                ino: f.ino,
+                size: f.len(),
+                mtime: f.mtime(),
+                is_dir: false,
+                writable: true,
+            },
+            Node::Dir(ino) => {
+                let mtime = self
+                    .tree
+                    .as_ref()
+                    .and_then(|t| t.lock().dir(*ino).ok().and_then(|d| d.mtime));
+                Attr {
+                    ino: *ino,
+                    size: 0,
+                    mtime: mtime.unwrap_or_else(SystemTime::now),
+                    is_dir: true,
+                    writable: true,
+                }
+            }
+        }
+    }
+
+    /// A written node the kernel knows by inode.
+    fn written(&self, ino: u64) -> Option<Node> {
+        self.written_refs.lock().get(&ino).map(|(n, _)| n.clone())
+    }
+
+    fn written_file(&self, ino: u64) -> Result<Arc<WrittenFile>, FsError> {
+        match self.written(ino) {
+            Some(Node::File(f)) => Ok(f),
+            Some(Node::Dir(_)) => Err(WriteError::IsDir.into()),
+            None => Err(FsError::Stale),
+        }
+    }
+
+    fn tree(&self) -> Result<&Mutex<Tree>, FsError> {
+        self.tree
+            .as_ref()
+            .ok_or(FsError::Denied("the mount is read-only"))
+    }
+
+    /// Refuses a name in the root that is an image's served file: such a file is never
+    /// written through, removed or replaced from the kernel's side.
+    fn check_not_image(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        if parent == ROOT_INO && self.catalog.current(name).is_some() {
+            return Err(FsError::Denied(
+                "an image's served file is never written through; write a new name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn utf8(name: &OsStr) -> Result<&str, FsError> {
+        name.to_str()
+            .ok_or(FsError::Denied("file names in the mount must be UTF-8"))
+    }
+
+    /// Creates (or, unless `exclusive`, opens) a file and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        exclusive: bool,
+    ) -> Result<(Attr, u64), FsError> {
+        self.check_not_image(parent, name)?;
+        let file = {
+            let mut tree = self.tree()?.lock();
+            let ino = self.catalog.allocate_ino();
+            tree.create(parent, Self::utf8(name)?, ino, exclusive)?
+        };
+        let attr = self.written_learned(Node::File(file.clone()));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.write().insert(fh, Handle::Written(file));
+        Ok((attr, fh))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        self.check_not_image(parent, name)?;
+        let ino = self.catalog.allocate_ino();
+        self.tree()?.lock().mkdir(parent, Self::utf8(name)?, ino)?;
+        Ok(self.written_learned(Node::Dir(ino)))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.tree()?.lock().rmdir(parent, Self::utf8(name)?)?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.check_not_image(new_parent, new_name)?;
+        self.tree()?.lock().rename(
+            parent,
+            Self::utf8(name)?,
+            new_parent,
+            Self::utf8(new_name)?,
+            no_replace,
+        )?;
+        Ok(())
+    }
+
+    /// Changes a written file's size or mtime (truncate, utimes); an image's file refuses.
+    pub fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+    ) -> Result<Attr, FsError> {
+        let Some(node) = self.written(ino) else {
+            if size.is_some() {
+                return Err(FsError::Denied(
+                    "an image's served file is never written through",
+                ));
+            }
+            return self.getattr(ino);
+        };
+        if let Node::File(file) = &node {
+            if let Some(size) = size {
+                file.set_len(size)?;
+            }
+            if let Some(mtime) = mtime {
+                file.set_mtime(mtime);
+            }
+        }
+        Ok(self.written_attr(&node))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        match self.handles.read().get(&fh) {
+            Some(Handle::Written(file)) => Ok(file.write(offset, data)?),
+            Some(Handle::Version(_)) => Err(FsError::Denied("opened for reading")),
+            None => Err(FsError::Stale),
+        }
     }
 
     fn kernel_learned(&self, version: &Arc<Version>) {
@@ -87,11 +303,23 @@ impl Vfs {
     pub fn listed(&self, ino: u64) {
         if let Some(version) = self.catalog.version(ino) {
             self.kernel_learned(&version);
+        } else if let Some(node) = self.written(ino) {
+            self.written_learned(node);
         }
     }
 
     /// The kernel dropped `count` lookups of an inode; at none, the version may go.
     pub fn forget(&self, ino: u64, count: u64) {
+        {
+            let mut written = self.written_refs.lock();
+            if let Some((_, held)) = written.get_mut(&ino) {
+                *held = held.saturating_sub(count);
+                if *held == 0 {
+                    written.remove(&ino);
+                }
+                return;
+            }
+        }
         let mut refs = self.kernel_refs.lock();
         if let Some((_, held)) = refs.get_mut(&ino) {
             *held = held.saturating_sub(count);
@@ -114,7 +342,11 @@ impl Vfs {
                 size: 0,
                 mtime: SystemTime::now(),
                 is_dir: true,
+                writable: self.is_writable(),
             });
+        }
+        if let Some(node) = self.written(ino) {
+            return Ok(self.written_attr(&node));
         }
         self.catalog
             .version(ino)
@@ -122,16 +354,46 @@ impl Vfs {
             .ok_or(FsError::NotFound)
     }
 
-    /// Opens the directory: a snapshot of the listing (`.`, `..`, then each image's file with
-    /// its current version's attributes), which the reads of this handle page through.
-    pub fn opendir(&self) -> u64 {
-        let root = self.getattr(ROOT_INO).expect("the root always exists");
-        let current = self.catalog.current_versions();
-        let mut files = vec![(".".to_string(), root), ("..".to_string(), root)];
+    /// Opens a directory: a snapshot of the listing (`.`, `..`, then in the root each image's
+    /// file with its current version's attributes, then the written files), which the reads
+    /// of this handle page through.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let this = self.getattr(ino)?;
+        if !this.is_dir {
+            return Err(WriteError::NotDir.into());
+        }
+        let (parent, written) = match &self.tree {
+            Some(tree) => {
+                let tree = tree.lock();
+                match tree.dir(ino) {
+                    Ok(dir) => (
+                        dir.parent,
+                        dir.entries
+                            .iter()
+                            .map(|(k, n)| (k.clone(), n.clone()))
+                            .collect(),
+                    ),
+                    Err(_) => (ROOT_INO, Vec::new()),
+                }
+            }
+            None => (ROOT_INO, Vec::new()),
+        };
+        let up = self.getattr(parent).unwrap_or(this);
+        let current = if ino == ROOT_INO {
+            self.catalog.current_versions()
+        } else {
+            Vec::new()
+        };
+        let mut files = vec![(".".to_string(), this), ("..".to_string(), up)];
         let mut versions = Vec::with_capacity(current.len());
         for (file_name, version) in current {
             files.push((file_name, attr_of(&version)));
             versions.push(version);
+        }
+        let mut nodes = Vec::with_capacity(written.len());
+        for (name, node) in written {
+            files.push((name, self.written_attr(&node)));
+            nodes.push(node);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.listings.lock().insert(
@@ -139,9 +401,10 @@ impl Vfs {
             Arc::new(Listing {
                 files,
                 _versions: versions,
+                _written: nodes,
             }),
         );
-        fh
+        Ok(fh)
     }
 
     /// The listing of an open directory handle.
@@ -153,8 +416,22 @@ impl Vfs {
         self.listings.lock().remove(&fh);
     }
 
-    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
+    /// Opens a file; `write` asks for writing, which only written files allow.
+    pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        if self.written(ino).is_some() {
+            let file = self.written_file(ino)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            self.handles.write().insert(fh, Handle::Written(file));
+            return Ok(Opened::Written { fh });
+        }
         let version = self.catalog.version(ino).ok_or(FsError::Stale)?;
+        if write {
+            return Err(if self.is_writable() {
+                FsError::Denied("an image's served file is never written through")
+            } else {
+                FsError::Denied("the mount is read-only")
+            });
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let stats = &self.catalog.stats;
         let opened = match &version.body {
@@ -175,7 +452,7 @@ impl Vfs {
                 Opened::Rendered { fh }
             }
         };
-        self.handles.write().insert(fh, version);
+        self.handles.write().insert(fh, Handle::Version(version));
         Ok(opened)
     }
 
@@ -187,12 +464,11 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
-        let version = self
-            .handles
-            .read()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::Stale)?;
+        let version = match self.handles.read().get(&fh) {
+            Some(Handle::Version(v)) => v.clone(),
+            Some(Handle::Written(file)) => return Ok(Chunk::Owned(file.read(offset, size)?)),
+            None => return Err(FsError::Stale),
+        };
         let stats = &self.catalog.stats;
         let counter = if version.is_passthrough() {
             &stats.forwarded_reads
@@ -233,25 +509,25 @@ mod tests {
     #[test]
     fn a_looked_up_version_stays_openable_after_an_edit_until_the_kernel_forgets_it() {
         let catalog = catalog_with("a");
-        let old = catalog.lookup(OsStr::new("a.nii")).unwrap();
+        let old = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
         catalog
             .catalog()
             .edit("a", |img| img.set_field("descrip", "new"))
             .unwrap();
-        let new = catalog.lookup(OsStr::new("a.nii")).unwrap();
+        let new = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
         assert_ne!(old.ino, new.ino);
         assert_eq!(catalog.kernel_held_versions(), 2);
 
-        let Opened::Rendered { fh } = catalog.open(old.ino).unwrap() else {
+        let Opened::Rendered { fh } = catalog.open(old.ino, false).unwrap() else {
             panic!("an in-memory image is rendered");
         };
         assert_eq!(descrip_of(&catalog, fh), "");
         catalog.release(fh);
 
         catalog.forget(old.ino, 1);
-        assert_eq!(catalog.open(old.ino).unwrap_err(), FsError::Stale);
+        assert_eq!(catalog.open(old.ino, false).unwrap_err(), FsError::Stale);
         assert_eq!(catalog.kernel_held_versions(), 1);
-        let Opened::Rendered { fh } = catalog.open(new.ino).unwrap() else {
+        let Opened::Rendered { fh } = catalog.open(new.ino, false).unwrap() else {
             panic!("an in-memory image is rendered");
         };
         assert_eq!(descrip_of(&catalog, fh), "new");
@@ -260,23 +536,23 @@ mod tests {
     #[test]
     fn lookups_are_counted_and_forgotten_together() {
         let catalog = catalog_with("a");
-        let fh = catalog.opendir();
+        let fh = catalog.opendir(ROOT_INO).unwrap();
         let ino = catalog.listing(fh).unwrap().files[2].1.ino;
         catalog.listed(ino);
         catalog.releasedir(fh);
-        catalog.lookup(OsStr::new("a.nii")).unwrap();
+        catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
         catalog
             .catalog()
             .edit("a", |img| img.set_field("descrip", "x"))
             .unwrap();
         catalog.forget(ino, 1);
-        let opened = catalog.open(ino).expect("one lookup is still held");
+        let opened = catalog.open(ino, false).expect("one lookup is still held");
         let Opened::Rendered { fh } = opened else {
             panic!("an in-memory image is rendered");
         };
         catalog.release(fh);
         catalog.forget(ino, 1);
-        assert_eq!(catalog.open(ino).unwrap_err(), FsError::Stale);
+        assert_eq!(catalog.open(ino, false).unwrap_err(), FsError::Stale);
         catalog.forget(ino, 5);
         assert_eq!(catalog.kernel_held_versions(), 0);
     }
