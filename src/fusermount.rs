@@ -162,7 +162,7 @@ fn spawn_watchdog(helper: &Path, dir: &Path) -> io::Result<Watcher> {
     let (read_end, write_end) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: the child runs only async-signal-safe system calls on memory prepared above
-    // (setsid, prctl, sigprocmask, close, dup2, close_range, read, lstat, execve, _exit) and never
+    // (setsid, prctl, sigprocmask, close, dup2, close_range, read, lstat, nanosleep, execve, _exit) and never
     // returns into Rust code.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
@@ -220,9 +220,30 @@ unsafe fn watchdog(
                 break;
             }
         }
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::lstat(dir.as_ptr(), &mut st) == -1 && *libc::__errno_location() == libc::ENOTCONN {
-            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+        // The dying daemon's descriptors close one by one: the pipe may go before the FUSE
+        // device does, and a stat made in that instant is aborted with the connection
+        // (ECONNABORTED) rather than refused as dead (ENOTCONN). Ask again until the answer
+        // is final: ENOTCONN (dead: unmount), success or any other error (alive, or no longer
+        // a mount: leave it).
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        for _ in 0..250 {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(dir.as_ptr(), &mut st) == 0 {
+                break;
+            }
+            match *libc::__errno_location() {
+                libc::ENOTCONN => {
+                    libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
+                    break;
+                }
+                libc::ECONNABORTED | libc::EINTR => {
+                    libc::nanosleep(&pause, std::ptr::null_mut());
+                }
+                _ => break,
+            }
         }
         libc::_exit(0)
     }

@@ -190,6 +190,9 @@ pub fn run_daemon(
     options: &MountOptions,
     on_ready: impl FnOnce(&Path),
 ) -> io::Result<()> {
+    // A reader of the daemon's stderr or a client that went away must never end the mount.
+    // SAFETY: setting a signal's disposition touches no memory.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let dir = prepare_dir(dir)?;
     let catalog = Arc::new(Catalog::new(dir.clone()));
     // The watcher lives until this returns: dropped, it lets fusermount3 go.
