@@ -223,9 +223,12 @@ impl Filesystem for ImageFs {
             Ok(Opened::Rendered { fh }) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            // A written file changes: no cache kept across opens. Not direct_io either, so that
-            // shared writable mappings (MRtrix3 writes through one) work.
-            Ok(Opened::Written { fh }) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Every change to a written file comes through the kernel, so its cached pages are
+            // always current: keep them across opens (a read-back then needs no daemon). Not
+            // direct_io, so that shared writable mappings (MRtrix3 writes through one) work.
+            Ok(Opened::Written { fh }) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -247,7 +250,7 @@ impl Filesystem for ImageFs {
                 &self.file_attr(&attr),
                 fuser::Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(e),
         }
