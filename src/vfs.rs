@@ -556,4 +556,41 @@ mod tests {
         catalog.forget(ino, 5);
         assert_eq!(catalog.kernel_held_versions(), 0);
     }
+    #[test]
+    fn written_files_sit_beside_images_and_an_images_file_is_never_written() {
+        let read_only = catalog_with("a");
+        let refused = read_only.create(ROOT_INO, OsStr::new("x.txt"), true);
+        assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
+
+        let catalog = Vfs::with_writing(read_only.catalog().clone(), Some(Budget::new(1 << 20)));
+        let (attr, fh) = catalog.create(ROOT_INO, OsStr::new("x.txt"), true).unwrap();
+        assert_eq!(catalog.write(fh, 0, b"abc").unwrap(), 3);
+        assert_eq!(&*catalog.read(fh, 0, 10).unwrap(), b"abc");
+        catalog.release(fh);
+        assert_eq!(catalog.getattr(attr.ino).unwrap().size, 3);
+
+        let listing = catalog.listing(catalog.opendir(ROOT_INO).unwrap()).unwrap();
+        let names: Vec<&str> = listing.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [".", "..", "a.nii", "x.txt"]);
+
+        let image = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
+        for refused in [
+            catalog.open(image.ino, true).map(drop),
+            catalog
+                .create(ROOT_INO, OsStr::new("a.nii"), false)
+                .map(drop),
+            catalog.unlink(ROOT_INO, OsStr::new("a.nii")),
+            catalog.rename(
+                ROOT_INO,
+                OsStr::new("x.txt"),
+                ROOT_INO,
+                OsStr::new("a.nii"),
+                false,
+            ),
+            catalog.setattr(image.ino, Some(0), None).map(drop),
+        ] {
+            assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
+        }
+        assert_eq!(catalog.getattr(image.ino).unwrap().size, image.size);
+    }
 }
