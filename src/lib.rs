@@ -4,8 +4,9 @@
 //! them and knows whether they still match their original, [`render`] lays an image out as a
 //! single-file NIfTI by byte range, [`catalog`] keeps the named images and their served
 //! versions, [`vfs`] keeps what the kernel was told (inodes, handles, listings), [`fuse`]
-//! translates kernel requests onto it, and [`control`] lets other
-//! processes drive it. [`mount`] puts these together as the Rust API and the daemon, and
+//! translates kernel requests onto it, and [`control`] lets other processes drive it;
+//! [`progress`] carries how far a long operation has got. [`mount`] puts these together as the
+//! Rust API and the daemon, and
 //! [`cli`] is the command line.
 
 pub mod catalog;
@@ -18,6 +19,7 @@ pub mod fusermount;
 pub mod image;
 pub mod mount;
 pub mod mountinfo;
+pub mod progress;
 pub mod render;
 pub mod vfs;
 pub mod written;

@@ -208,7 +208,25 @@ pub fn run_daemon(
             log::error!("unmounting {}: {e}", mount_dir.display());
         }
     });
+    stop_on_signals(stop.clone())?;
     server::spawn(listener, catalog, Some(stop))?;
     on_ready(&dir);
     session.run()
+}
+
+/// SIGINT, SIGTERM or SIGHUP stop the daemon as `imgfs unmount` does: the mount is detached,
+/// the session loop ends and the control socket is removed on the way out, instead of the
+/// process dying with the socket left behind.
+fn stop_on_signals(stop: server::Shutdown) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("imgfs-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                log::info!("signal {signal}: unmounting");
+                stop();
+            }
+        })?;
+    Ok(())
 }

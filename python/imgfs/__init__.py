@@ -13,11 +13,15 @@ from .errors import (
 )
 from .handoff import as_filename, load, put
 from .mount import Mount
+from .recipe import OriginalChanged, register as _register_recipes
 from .shm import asarray, empty, is_shared, zeros
 
 __all__ = [
     "BadFile", "BadName", "BadRequest", "Busy", "IOFailure", "ImgfsError", "InternalError",
-    "Mount", "NameTaken", "Refused", "Unavailable", "UnknownName",
+    "Mount", "NameTaken", "OriginalChanged", "Refused", "Unavailable", "UnknownName",
     "as_filename", "asarray", "empty", "is_shared", "load", "put", "zeros",
 ]
 __version__ = "0.1.0"
+
+# nibabel images this client knows pickle as recipes (imgfs.recipe)
+_register_recipes()

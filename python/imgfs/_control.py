@@ -6,8 +6,10 @@ so that any client finds the same daemon without a registry.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
 import shutil
 import socket
 import sys
@@ -44,6 +46,61 @@ def default_dir() -> str:
 def control_dir() -> str:
     run = _runtime_dir()
     return os.path.join(run, "imgfs-control") if run else f"/tmp/imgfs-control-{os.getuid()}"
+
+
+def ensure_control_dir() -> str:
+    """The control directory, created 0700 if missing, as the daemon does: in /tmp another user
+    may have made the name first, so an existing one must be a real directory of ours."""
+    path = control_dir()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)  # never follows a symlink in its last component
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ImgfsError(f"refusing to use {path}: it is not a directory (or is a symbolic link)")
+    if st.st_uid != os.getuid():
+        raise ImgfsError(
+            f"refusing to use {path}: it is owned by uid {st.st_uid}, not by this user "
+            f"(uid {os.getuid()})"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)  # ours, in a sticky /tmp: nobody can swap it under us
+    return path
+
+
+def private_file(mount_dir: PathLike, suffix: str) -> int:
+    """An fd (read-write, created 0600 if missing) of this mount's file `<key>.<suffix>` in the
+    private control directory. Symlinks are not followed; the file must be a regular one of
+    ours."""
+    path = socket_path(mount_dir)[: -len(".sock")] + "." + suffix
+    ensure_control_dir()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise ImgfsError(f"refusing to use {path}: not a regular file owned by this user")
+    return fd
+
+
+class FileLock:
+    """An exclusive flock on a private file, held for a `with` block: the kernel drops it when
+    the holder dies, so a killed process never leaves it taken."""
+
+    def __init__(self, mount_dir: PathLike, suffix: str) -> None:
+        self._dir, self._suffix = mount_dir, suffix
+        self._fd: int | None = None
+
+    def __enter__(self) -> FileLock:
+        self._fd = private_file(self._dir, self._suffix)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
 
 
 def _fnv1a64(data: bytes) -> int:

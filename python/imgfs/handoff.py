@@ -29,6 +29,7 @@ from nibabel.analyze import AnalyzeImage
 from nibabel.arrayproxy import ArrayProxy
 from nibabel.filebasedimages import FileBasedImage
 
+from . import recipe
 from ._control import Connection, PathLike, default_dir, normalize_dir, socket_path
 from .errors import ImgfsError, NameTaken
 from .mount import Mount, Wire, wire_data
@@ -78,6 +79,13 @@ def as_filename(
     """
     if not isinstance(img, AnalyzeImage):  # NIfTI-1/2, Analyze and SPM all derive from it
         raise TypeError(f"imgfs handles NIfTI and Analyze images, not {type(img).__name__}")
+    rec = recipe.received(img)
+    if rec is not None:
+        path = recipe.filename(img, rec, mount, keep)
+        if path is not None:
+            return path
+        # changed here so that its data must go: from now on an image like any other
+        recipe.forget(img)
     memo: dict[str, Any] = {}
     own = _clean_filename(img, memo)
     if own is not None:
@@ -121,16 +129,32 @@ def _put_new(
     wire: Wire,
     extensions: list[tuple[int, bytes]],
 ) -> tuple[str, dict[str, Any]]:
-    """Insert under a fresh name; names may be taken by other clients, so retry on a clash
-    (known by the answer's kind: a daemon too old to send kinds makes a clash an error)."""
+    """Insert under a fresh name; names may be taken by other clients, so retry on a clash."""
     stem = _stem(img)
     for _ in range(1000):
         name = f"{stem}-{next(_counter)}"
         try:
             return name, m.put_wire(name, header, affine, wire, extensions, replace=False)
-        except NameTaken:
-            continue
+        except ImgfsError as e:
+            if _clash(m, name, e):
+                continue
+            raise
     raise ImgfsError(f"no free name for {stem} in {m.dir}")
+
+
+def _clash(m: Mount, name: str, e: ImgfsError) -> bool:
+    """Was `e`, the answer to inserting `name`, a name clash? Known by its kind; a daemon that
+    sends no kinds is asked whether the name exists (processes sharing a node's mount all
+    count from 1, so clashes are ordinary there)."""
+    if isinstance(e, NameTaken):
+        return True
+    if e.kind is not None:
+        return False
+    try:
+        m.show(name)
+    except ImgfsError:
+        return False
+    return True
 
 
 # -- removal at exit ------------------------------------------------------------------------
@@ -163,6 +187,22 @@ def forget(m: Mount, name: str) -> None:
         _handed.get(socket_path(m.dir), set()).discard(name)
 
 
+def remove_handed(m: Mount) -> None:
+    """Remove now what this process handed to `m` to be removed at exit (a Dask worker's
+    teardown: the worker process may live on)."""
+    sock = socket_path(m.dir)
+    with _handed_lock:
+        names = _handed.pop(sock, set())
+    _remove({sock: sorted(names)})
+
+
+def drop_mount(m: Mount) -> None:
+    """Stop reusing `m` for `as_filename` calls without `mount=`."""
+    with _mounts_lock:
+        if _mounts.get(m.dir) is m:
+            del _mounts[m.dir]
+
+
 def _remove_handed() -> None:
     """The atexit hook: best effort, each mount and name on its own; a mount that went away
     took its images with it."""
@@ -171,6 +211,10 @@ def _remove_handed() -> None:
     with _handed_lock:
         todo = {sock: sorted(names) for sock, names in _handed.items() if names}
         _handed.clear()
+    _remove(todo)
+
+
+def _remove(todo: dict[str, list[str]]) -> None:
     for sock, names in todo.items():
         try:
             conn = Connection(sock)

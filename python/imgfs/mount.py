@@ -4,9 +4,11 @@ stopping the daemon when no mount is running yet."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import mmap
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,8 @@ import numpy.typing as npt
 
 from . import shm
 from ._control import (
-    Connection, ImgfsError, PathLike, default_dir, find_binary, normalize_dir, socket_path,
+    Connection, FileLock, ImgfsError, PathLike, default_dir, find_binary, normalize_dir,
+    private_file, socket_path,
 )
 
 if TYPE_CHECKING:
@@ -25,9 +28,13 @@ if TYPE_CHECKING:
 class Mount:
     """A running imgfs mount at `dir` (default: $IMGFS_MOUNT, else the daemon's default).
 
-    Connects to the mount if one answers there; otherwise starts one with `imgfs mount DIR` and
-    stops it again on `close()` (or at the end of a `with` block), so a script that started its
-    own mount leaves nothing behind. A mount that was already running is left running.
+    Connects to the mount if one answers there; otherwise starts one with `imgfs mount DIR`.
+    Every process of a user shares one mount per directory: "is it running? else start it"
+    runs under an exclusive lock in the private control directory, so processes that ask at
+    once end with one mount. Each process using the mount holds a shared lock on it until it
+    closes; `close()` (or the end of a `with` block) of the Mount that started it unmounts it
+    unless another process still uses it, and then the last of those unmounts it. A mount
+    started otherwise (`imgfs mount`) is left running.
     `binary` is the `imgfs` executable to start it with (default: `find_binary()`).
     """
 
@@ -36,17 +43,22 @@ class Mount:
         self.owned = False
         self._bin = binary
         self._conn: Connection | None = None
+        self._held = False
         sock = socket_path(self.dir)
-        try:
-            self._conn = Connection(sock)
-            self._conn.request("ping")
-        except (OSError, ImgfsError):
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            self._start()
-            self._conn = Connection(sock)
-            self.owned = True
+        with FileLock(self.dir, "start"):
+            try:
+                self._conn = Connection(sock)
+                self._conn.request("ping")
+            except (OSError, ImgfsError):
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                self._start()
+                self._conn = Connection(sock)
+                self.owned = True
+                _mark_started(self.dir)
+            _hold(self.dir)
+            self._held = True
 
     def _start(self) -> None:
         if self._bin is None:
@@ -61,18 +73,22 @@ class Mount:
             )
 
     def close(self) -> None:
-        """Disconnect; unmount too if this object started the mount. Safe to call twice."""
+        """Disconnect; unmount too if no other process uses the mount and it was started by
+        this object, or by another client that has gone (see the class). Safe to call twice."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self.owned:
+        if not self._held:
+            return
+        self._held = False
+        with FileLock(self.dir, "start"):
+            alone, used_here = _release(self.dir)
+            # the starter stops it for its process; a client-started mount whose starter has
+            # gone is stopped by the last process to let go of it
+            stop = alone and (self.owned or (not used_here and _started_by_client(self.dir)))
             self.owned = False
-            assert self._bin is not None  # set by _start, which made the mount ours
-            done = subprocess.run(
-                [self._bin, "unmount", self.dir], capture_output=True, text=True, timeout=120
-            )
-            if done.returncode != 0:
-                raise ImgfsError(f"imgfs unmount {self.dir} failed: {done.stderr.strip()}")
+            if stop:
+                _unmount(self._bin, self.dir)
 
     def __enter__(self) -> Mount:
         return self
@@ -203,6 +219,82 @@ class Mount:
             replace=bool(replace),
             **fields,
         )
+
+
+# -- one mount per node and user: who uses it, who started it -------------------------------
+
+# mount dir -> [fd of its "users" file holding our shared flock, Mount objects using it, pid].
+# One fd per process (flock belongs to the open file), shared by the Mount objects in it.
+_holds: dict[str, list[int]] = {}
+_holds_lock = threading.Lock()
+
+
+def _hold(dir: str) -> None:
+    """Count this process as a user of the mount (called under the start lock)."""
+    with _holds_lock:
+        h = _holds.get(dir)
+        if h is None or h[2] != os.getpid():  # a forked child gets a lock of its own
+            fd = private_file(dir, "users")
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            h = _holds[dir] = [fd, 0, os.getpid()]
+        h[1] += 1
+
+
+def _release(dir: str) -> tuple[bool, bool]:
+    """One Mount object of this process stops using the mount (called under the start lock);
+    whether no other process uses it now, and whether other Mount objects of this one do."""
+    with _holds_lock:
+        h = _holds.get(dir)
+        if h is None or h[2] != os.getpid():
+            return False, False
+        fd = h[0]
+        h[1] -= 1
+        try:
+            # an exclusive lock is granted only if no other process holds a shared one
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        used_here = h[1] > 0
+        if used_here:
+            # a failed conversion may have dropped our lock: take it again (nobody can be
+            # waiting for an exclusive one, as that is only tried under the start lock)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        else:
+            os.close(fd)
+            del _holds[dir]
+        return alone, used_here
+
+
+def _mark_started(dir: str) -> None:
+    """Record that a client started the mount now live at `dir`: its device number, which is
+    new for every mount, so a later `imgfs mount` of the same directory is not taken for it."""
+    fd = private_file(dir, "started")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.stat(dir).st_dev).encode())
+    finally:
+        os.close(fd)
+
+
+def _started_by_client(dir: str) -> bool:
+    try:
+        fd = private_file(dir, "started")
+        try:
+            recorded = os.read(fd, 64).decode().strip()
+        finally:
+            os.close(fd)
+        return os.path.ismount(dir) and recorded == str(os.stat(dir).st_dev)
+    except (OSError, ImgfsError, UnicodeDecodeError):
+        return False
+
+
+def _unmount(binary: str | None, dir: str) -> None:
+    done = subprocess.run(
+        [binary or find_binary(), "unmount", dir], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise ImgfsError(f"imgfs unmount {dir} failed: {done.stderr.strip()}")
 
 
 class Wire:

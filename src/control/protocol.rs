@@ -1,10 +1,13 @@
-//! The requests a mount understands, as JSON objects tagged by `op`.
+//! The requests a mount understands, as JSON objects tagged by `op`, and the answers it gives:
+//! one set of types for the daemon that writes them and the programs that read them, so the
+//! wire format is written down once.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::catalog::Summary;
 use crate::format::Affine;
 
 /// An extension as it crosses the socket: its content in base64.
@@ -57,10 +60,13 @@ pub enum Request {
     Rm {
         name: String,
     },
-    /// Write the image to `out` (absolute), in the format its name calls for.
+    /// Write the image to `out` (absolute), in the format its name calls for. With `progress`,
+    /// [`ProgressLine`]s come before the answer.
     Save {
         name: String,
         out: PathBuf,
+        #[serde(default)]
+        progress: bool,
     },
     /// A whole image from another process. The voxel data come in the file descriptor sent
     /// with this line (a memfd), `data_offset` bytes in, in file (Fortran) order and native byte
@@ -84,6 +90,149 @@ pub enum Request {
     /// Unmount and stop the daemon.
     Shutdown {},
 }
+
+/// What kind of failure an error answer reports, so a client can act on it without reading
+/// the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Malformed JSON, an unknown op or field, a value of the wrong type or form.
+    BadRequest,
+    /// An image name that is not allowed.
+    BadName,
+    /// No image has this name.
+    UnknownName,
+    /// An image of this name exists already.
+    NameTaken,
+    /// A valid request the image cannot take: a field that cannot be set, a bad value, a
+    /// reshape that changes the voxel count, a datatype it cannot be converted to.
+    Refused,
+    /// A file that cannot be read or parsed as an image; the message names it.
+    BadFile,
+    /// The image's data cannot be read now: its original changed or is unreadable.
+    Unavailable,
+    /// Reading or writing somewhere else failed, e.g. the file `save` writes.
+    Io,
+    /// The mount serves too many connections already.
+    Busy,
+    /// An internal error (a bug) while handling the request; the mount serves on.
+    Internal,
+}
+
+/// A failed request: `{"ok": false, "kind": "...", "error": "message"}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(kind: ErrorKind, error: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            error: error.into(),
+        }
+    }
+}
+
+/// One answer line: `ok` and the answer's own fields beside it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reply<T> {
+    pub ok: bool,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// The answer to `ping`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Pong {
+    pub mount: PathBuf,
+    pub pid: u32,
+}
+
+/// The answer to `ls`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Images {
+    pub images: Vec<Summary>,
+}
+
+/// An extension as `show` and `info` describe it: its code and its size on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExtensionInfo {
+    pub code: i32,
+    pub size: usize,
+}
+
+/// The answer to `show`: a summary and the whole header.
+#[derive(Clone, Debug, Serialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Every header field by nibabel's name.
+    pub header: serde_json::Map<String, Value>,
+    pub affine: Affine,
+    pub extensions: Vec<ExtensionInfo>,
+}
+
+/// One header field and its value after a `set`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub value: Value,
+}
+
+/// The answer to `set`: the image's summary, the fields the request named, and the fields that
+/// changed as a consequence (`bitpix` after `datatype`, the scaling, ...).
+#[derive(Clone, Debug, Serialize)]
+pub struct SetAnswer {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub changed: Vec<FieldChange>,
+    pub also_changed: Vec<FieldChange>,
+}
+
+/// The answer to `path` and `save`: a file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PathAnswer {
+    pub path: PathBuf,
+}
+
+/// The answer to `stats`: how the mount served files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Counters {
+    pub passthrough_opens: u64,
+    pub rendered_opens: u64,
+    pub forwarded_reads: u64,
+    pub rendered_reads: u64,
+    pub images: usize,
+    /// File versions the kernel still knows by inode.
+    pub kernel_held_versions: usize,
+}
+
+/// The answer to `shutdown`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShuttingDown {
+    pub shutting_down: bool,
+}
+
+/// A line sent before the answer of a request that asked for progress: no `ok`, so a client
+/// tells it from the answer, which always comes last.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    pub progress: ProgressCount,
+}
+
+/// Bytes done of the total.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProgressCount {
+    pub done: u64,
+    pub total: u64,
+}
+
+/// The answer to `rm`: nothing beyond `ok`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Done {}
 
 /// A value given in a `set` request, as the text the header parser takes.
 pub fn field_text(value: &Value) -> String {
@@ -134,6 +283,33 @@ mod tests {
                 err.contains("unknown field `bogus_field`"),
                 "{with_extra}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn an_error_answer_carries_its_kind_in_snake_case() {
+        let line = serde_json::to_value(Reply {
+            ok: false,
+            body: Failure::new(ErrorKind::NameTaken, "an image named 'a' exists already"),
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            serde_json::json!({"ok": false, "kind": "name_taken",
+                               "error": "an image named 'a' exists already"})
+        );
+        for (kind, text) in [
+            (ErrorKind::BadRequest, "bad_request"),
+            (ErrorKind::BadName, "bad_name"),
+            (ErrorKind::UnknownName, "unknown_name"),
+            (ErrorKind::Refused, "refused"),
+            (ErrorKind::BadFile, "bad_file"),
+            (ErrorKind::Unavailable, "unavailable"),
+            (ErrorKind::Io, "io"),
+            (ErrorKind::Busy, "busy"),
+            (ErrorKind::Internal, "internal"),
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), text);
         }
     }
 

@@ -12,13 +12,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::fdpass;
-use super::protocol::{Request, field_text};
-use crate::catalog::Catalog;
+use super::protocol::{
+    Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, Pong,
+    ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
+};
+use crate::catalog::{Catalog, CatalogError};
 use crate::format::{DataType, Extension, Header};
-use crate::image::{Image, VoxelBuffer};
+use crate::image::{Image, ImageError, VoxelBuffer};
+use crate::progress::{Progress, Silent};
+use crate::render::save_image_with_progress;
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
@@ -75,6 +80,7 @@ pub fn spawn(
                     active.fetch_sub(1, Ordering::AcqRel);
                     refuse(
                         &stream,
+                        ErrorKind::Busy,
                         &format!(
                             "too many connections to this mount ({MAX_CONNECTIONS} at once); \
                              close some and retry"
@@ -120,9 +126,23 @@ impl Drop for Slot {
 }
 
 /// Answers a connection that will not be served with one error line.
-fn refuse(stream: &UnixStream, message: &str) {
-    let out = json!({"ok": false, "error": message});
-    let _ = fdpass::send_with_fds(stream, format!("{out}\n").as_bytes(), &[]);
+fn refuse(stream: &UnixStream, kind: ErrorKind, message: &str) {
+    let out = answer_line(&Err(Failure::new(kind, message)));
+    let _ = fdpass::send_with_fds(stream, &out, &[]);
+}
+
+/// A request's answer as one line: `{"ok": true, ...}` or `{"ok": false, "kind", "error"}`.
+fn answer_line(answer: &Result<Value, Failure>) -> Vec<u8> {
+    let mut out = match answer {
+        Ok(body) => serde_json::to_vec(&Reply { ok: true, body }),
+        Err(failure) => serde_json::to_vec(&Reply {
+            ok: false,
+            body: failure,
+        }),
+    }
+    .expect("answers serialize");
+    out.push(b'\n');
+    out
 }
 
 fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shutdown>) {
@@ -147,15 +167,14 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
                 line_fds.push_back(fds.pop_front().expect("checked").1);
             }
             // Descriptors the request did not use are closed with `line_fds` here.
-            let response = respond(&line[..end], catalog, &mut line_fds);
-            let mut out = serde_json::to_vec(&response).expect("JSON values serialize");
-            out.push(b'\n');
-            if fdpass::send_with_fds(&stream, &out, &[]).is_err() {
+            let response = respond(&line[..end], catalog, &mut line_fds, &stream);
+            if fdpass::send_with_fds(&stream, &answer_line(&response), &[]).is_err() {
                 return;
             }
-            if response.get("shutting_down") == Some(&Value::Bool(true))
-                && let Some(stop) = shutdown
-            {
+            let stopping = response
+                .as_ref()
+                .is_ok_and(|v| v.get("shutting_down") == Some(&Value::Bool(true)));
+            if stopping && let Some(stop) = shutdown {
                 stop();
             }
         }
@@ -164,6 +183,7 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
             // The connection closes: what the client still sends of this line goes nowhere.
             refuse(
                 &stream,
+                ErrorKind::BadRequest,
                 &format!("request line too long (over {MAX_LINE} bytes); connection closed"),
             );
             return;
@@ -171,6 +191,7 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
         if fds.len() > MAX_LINE_FDS {
             refuse(
                 &stream,
+                ErrorKind::BadRequest,
                 &format!(
                     "more than {MAX_LINE_FDS} file descriptors sent with one request line; \
                      connection closed"
@@ -189,82 +210,129 @@ fn serve_connection(stream: UnixStream, catalog: &Catalog, shutdown: Option<&Shu
     }
 }
 
-fn respond(line: &[u8], catalog: &Catalog, fds: &mut VecDeque<OwnedFd>) -> Value {
-    let request: Request = match serde_json::from_slice(line) {
-        Ok(r) => r,
-        Err(e) => return json!({"ok": false, "error": format!("bad request: {e}")}),
+fn respond(
+    line: &[u8],
+    catalog: &Catalog,
+    fds: &mut VecDeque<OwnedFd>,
+    stream: &UnixStream,
+) -> Result<Value, Failure> {
+    let request: Request = serde_json::from_slice(line)
+        .map_err(|e| Failure::new(ErrorKind::BadRequest, format!("bad request: {e}")))?;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handle(request, catalog, fds, stream)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Failure::new(
+            ErrorKind::Internal,
+            "internal error while handling the request",
+        ))
+    })
+}
+
+/// The kind of failure a catalog error is.
+fn failure(e: CatalogError) -> Failure {
+    let kind = match &e {
+        CatalogError::UnknownName(_) => ErrorKind::UnknownName,
+        CatalogError::NameTaken(_) => ErrorKind::NameTaken,
+        CatalogError::BadName(..) => ErrorKind::BadName,
+        CatalogError::Format(_) => ErrorKind::BadFile,
+        CatalogError::Image { source, .. } => match source {
+            ImageError::Format(_) => ErrorKind::BadFile,
+            ImageError::DataUnavailable(_) => ErrorKind::Unavailable,
+            ImageError::Field(_) | ImageError::Conversion(_) | ImageError::Refused(_) => {
+                ErrorKind::Refused
+            }
+        },
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handle(request, catalog, fds)
-    }));
-    match result {
-        Ok(Ok(mut value)) => {
-            value["ok"] = Value::Bool(true);
-            value
-        }
-        Ok(Err(message)) => json!({"ok": false, "error": message}),
-        Err(_) => json!({"ok": false, "error": "internal error while handling the request"}),
+    Failure::new(kind, e.to_string())
+}
+
+/// `save`'s failure: an error on a file beside `out` is the target's (`io`), others are the
+/// image's own.
+fn save_failure(e: CatalogError, out: &Path) -> Failure {
+    let on_target = match &e {
+        CatalogError::Image {
+            source: ImageError::Format(f),
+            ..
+        } => f.path().parent() == out.parent(),
+        _ => false,
+    };
+    if on_target {
+        Failure::new(ErrorKind::Io, e.to_string())
+    } else {
+        failure(e)
     }
 }
 
+fn bad_request(message: String) -> Failure {
+    Failure::new(ErrorKind::BadRequest, message)
+}
+
 fn to_value<T: serde::Serialize>(v: T) -> Value {
-    serde_json::to_value(v).expect("serializable")
+    serde_json::to_value(v).expect("answers serialize")
+}
+
+fn absolute(path: &Path) -> Result<(), Failure> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(bad_request(format!(
+            "{}: the daemon needs an absolute path",
+            path.display()
+        )))
+    }
 }
 
 fn handle(
     request: Request,
     catalog: &Catalog,
     fds: &mut VecDeque<OwnedFd>,
-) -> Result<Value, String> {
-    let text = |e: &dyn std::fmt::Display| e.to_string();
+    stream: &UnixStream,
+) -> Result<Value, Failure> {
     Ok(match request {
-        Request::Ping {} => json!({
-            "mount": catalog.mount_dir(),
-            "pid": std::process::id(),
+        Request::Ping {} => to_value(Pong {
+            mount: catalog.mount_dir().to_path_buf(),
+            pid: std::process::id(),
         }),
         Request::Add { path, name } => {
-            if !path.is_absolute() {
-                return Err(format!(
-                    "{}: the daemon needs an absolute path",
-                    path.display()
-                ));
-            }
+            absolute(&path)?;
             let name = match name {
                 Some(n) => n,
                 None => crate::catalog::name_from_path(&path).ok_or_else(|| {
-                    format!(
-                        "{}: cannot take an image name from this path",
-                        path.display()
+                    Failure::new(
+                        ErrorKind::BadName,
+                        format!(
+                            "{}: cannot take an image name from this path",
+                            path.display()
+                        ),
                     )
                 })?,
             };
-            to_value(catalog.add(&name, &path).map_err(|e| text(&e))?)
+            to_value(catalog.add(&name, &path).map_err(failure)?)
         }
-        Request::Ls {} => json!({"images": catalog.list()}),
-        Request::Show { name } => show(catalog, &name)?,
-        Request::Set { name, fields } => {
-            let edits: Vec<(String, String)> = fields
-                .iter()
-                .map(|(k, v)| (k.clone(), field_text(v)))
-                .collect();
-            catalog
-                .edit(&name, |img| img.set_fields(&edits))
-                .map_err(|e| text(&e))?;
-            to_value(catalog.summary(&name).map_err(|e| text(&e))?)
-        }
+        Request::Ls {} => to_value(Images {
+            images: catalog.list(),
+        }),
+        Request::Show { name } => to_value(show(catalog, &name)?),
+        Request::Set { name, fields } => to_value(set(catalog, &name, &fields)?),
         Request::SetAffine { name, affine } => {
             if affine.iter().flatten().any(|x| !x.is_finite()) {
-                return Err("the affine must hold finite numbers".into());
+                return Err(Failure::new(
+                    ErrorKind::Refused,
+                    "the affine must hold finite numbers",
+                ));
             }
             catalog
                 .edit(&name, |img| {
                     img.set_affine(affine);
                     Ok(())
                 })
-                .map_err(|e| text(&e))?;
-            to_value(catalog.summary(&name).map_err(|e| text(&e))?)
+                .map_err(failure)?;
+            to_value(catalog.summary(&name).map_err(failure)?)
         }
-        Request::Path { name } => json!({"path": catalog.path(&name).map_err(|e| text(&e))?}),
+        Request::Path { name } => to_value(PathAnswer {
+            path: catalog.path(&name).map_err(failure)?,
+        }),
         Request::Mark { name, state } => {
             match state.as_str() {
                 "clean" => catalog.edit(&name, |img| {
@@ -275,27 +343,47 @@ fn handle(
                     img.mark_dirty();
                     Ok(())
                 }),
-                other => return Err(format!("unknown state '{other}': use clean or dirty")),
+                other => {
+                    return Err(bad_request(format!(
+                        "unknown state '{other}': use clean or dirty"
+                    )));
+                }
             }
-            .map_err(|e| text(&e))?;
-            to_value(catalog.summary(&name).map_err(|e| text(&e))?)
+            .map_err(failure)?;
+            to_value(catalog.summary(&name).map_err(failure)?)
         }
         Request::Rm { name } => {
-            catalog.remove(&name).map_err(|e| text(&e))?;
-            json!({})
+            catalog.remove(&name).map_err(failure)?;
+            to_value(Done {})
         }
-        Request::Save { name, out } => {
-            if !out.is_absolute() {
-                return Err(format!(
-                    "{}: the daemon needs an absolute path",
-                    out.display()
-                ));
-            }
+        Request::Save {
+            name,
+            out,
+            progress,
+        } => {
+            absolute(&out)?;
+            // A client that stopped reading only loses its progress lines; the save goes on.
+            let report = |done, total| {
+                let line = ProgressLine {
+                    progress: ProgressCount { done, total },
+                };
+                let mut out = serde_json::to_vec(&line).expect("progress serializes");
+                out.push(b'\n');
+                let _ = fdpass::send_with_fds(stream, &out, &[]);
+            };
+            let progress: &dyn Progress = if progress { &report } else { &Silent };
             catalog
-                .with_image(&name, |image| crate::render::save_image(image, &out))
-                .map_err(|e| text(&e))?
-                .map_err(|e| format!("image '{name}': {e}"))?;
-            json!({"path": out})
+                .with_image(&name, |image| {
+                    save_image_with_progress(image, &out, progress)
+                })
+                .and_then(|saved| {
+                    saved.map_err(|source| CatalogError::Image {
+                        name: name.clone(),
+                        source,
+                    })
+                })
+                .map_err(|e| save_failure(e, &out))?;
+            to_value(PathAnswer { path: out })
         }
         Request::Put {
             name,
@@ -307,9 +395,9 @@ fn handle(
             data_offset,
             replace,
         } => {
-            let fd = fds
-                .pop_front()
-                .ok_or("put needs the data's file descriptor sent with the request")?;
+            let fd = fds.pop_front().ok_or_else(|| {
+                bad_request("put needs the data's file descriptor sent with the request".into())
+            })?;
             let image = image_from_wire(
                 &header,
                 affine,
@@ -318,49 +406,101 @@ fn handle(
                 &dtype,
                 fd,
                 data_offset,
-            )?;
+            )
+            .map_err(bad_request)?;
             let summary = if replace {
                 catalog.replace(&name, image)
             } else {
                 catalog.insert(&name, image)
             };
-            to_value(summary.map_err(|e| text(&e))?)
+            to_value(summary.map_err(failure)?)
         }
         Request::Stats {} => {
             let s = &catalog.stats;
-            json!({
-                "passthrough_opens": s.passthrough_opens.load(Ordering::Relaxed),
-                "rendered_opens": s.rendered_opens.load(Ordering::Relaxed),
-                "forwarded_reads": s.forwarded_reads.load(Ordering::Relaxed),
-                "rendered_reads": s.rendered_reads.load(Ordering::Relaxed),
-                "images": catalog.names().len(),
-                "kernel_held_versions": catalog.kernel_held_versions(),
+            to_value(Counters {
+                passthrough_opens: s.passthrough_opens.load(Ordering::Relaxed),
+                rendered_opens: s.rendered_opens.load(Ordering::Relaxed),
+                forwarded_reads: s.forwarded_reads.load(Ordering::Relaxed),
+                rendered_reads: s.rendered_reads.load(Ordering::Relaxed),
+                images: catalog.names().len(),
+                kernel_held_versions: catalog.kernel_held_versions(),
             })
         }
-        Request::Shutdown {} => json!({"shutting_down": true}),
+        Request::Shutdown {} => to_value(ShuttingDown {
+            shutting_down: true,
+        }),
     })
 }
 
-fn show(catalog: &Catalog, name: &str) -> Result<Value, String> {
-    let summary = catalog.summary(name).map_err(|e| e.to_string())?;
-    let (fields, affine, extensions) = catalog
+/// Applies a `set`, and reports each field the request named with its new value, then the
+/// fields that changed as a consequence.
+fn set(catalog: &Catalog, name: &str, fields: &[(String, Value)]) -> Result<SetAnswer, Failure> {
+    let edits: Vec<(String, String)> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), field_text(v)))
+        .collect();
+    let (changed, also_changed) = catalog
+        .edit(name, |img| {
+            let before = img.header().clone();
+            img.set_fields(&edits)?;
+            let after = img.header();
+            let value = |field: &str| after.get(field).map(|v| v.to_json()).unwrap_or(Value::Null);
+            let mut named: Vec<&str> = Vec::new();
+            for (field, _) in &edits {
+                if !named.contains(&field.as_str()) {
+                    named.push(field);
+                }
+            }
+            let changed = named
+                .iter()
+                .map(|f| FieldChange {
+                    field: f.to_string(),
+                    value: value(f),
+                })
+                .collect::<Vec<_>>();
+            let also = after
+                .differing_fields(&before)
+                .into_iter()
+                .filter(|f| !named.contains(f))
+                .map(|f| FieldChange {
+                    field: f.to_string(),
+                    value: value(f),
+                })
+                .collect::<Vec<_>>();
+            Ok((changed, also))
+        })
+        .map_err(failure)?;
+    Ok(SetAnswer {
+        summary: catalog.summary(name).map_err(failure)?,
+        changed,
+        also_changed,
+    })
+}
+
+fn show(catalog: &Catalog, name: &str) -> Result<Shown, Failure> {
+    let summary = catalog.summary(name).map_err(failure)?;
+    let (header, affine, extensions) = catalog
         .edit(name, |img| {
             // Inside the edit, with the image's lock held: a test shows a panic here leaves the
             // image usable.
             crate::fault::panic_if_asked(|| Some(name.to_string()));
-            let exts: Vec<Value> = img
+            let exts: Vec<ExtensionInfo> = img
                 .extensions()
                 .iter()
-                .map(|e| json!({"code": e.code, "size": e.disk_size()}))
+                .map(|e| ExtensionInfo {
+                    code: e.code,
+                    size: e.disk_size(),
+                })
                 .collect();
             Ok((img.header().fields_json(), *img.affine(), exts))
         })
-        .map_err(|e| e.to_string())?;
-    let mut value = to_value(summary);
-    value["header"] = Value::Object(fields);
-    value["affine"] = to_value(affine);
-    value["extensions"] = Value::Array(extensions);
-    Ok(value)
+        .map_err(failure)?;
+    Ok(Shown {
+        summary,
+        header,
+        affine,
+        extensions,
+    })
 }
 
 fn image_from_wire(

@@ -275,6 +275,18 @@ impl FieldValue {
     }
 }
 
+/// A value as a user writes it on the command line: numbers comma-separated, text as it is.
+impl std::fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let join = |items: Vec<String>| items.join(",");
+        match self {
+            FieldValue::Ints(v) => f.write_str(&join(v.iter().map(i64::to_string).collect())),
+            FieldValue::Floats(v) => f.write_str(&join(v.iter().map(f64::to_string).collect())),
+            FieldValue::Text(b) => f.write_str(&String::from_utf8_lossy(b)),
+        }
+    }
+}
+
 /// Why a field could not be read or set.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum FieldError {
@@ -490,7 +502,7 @@ impl Header {
         let bad = |expected: String| FieldError::BadValue {
             field: name.to_string(),
             expected,
-            got: format!("{value:?}"),
+            got: value.to_string(),
         };
         let count_word = |n: usize| {
             if n == 1 {
@@ -987,5 +999,17 @@ mod tests {
         );
         h.set_from_str("descrip", "hello").unwrap();
         assert_eq!(h.descrip(), "hello");
+    }
+
+    #[test]
+    fn a_refused_value_is_quoted_as_the_user_wrote_it() {
+        let mut h = Header::new(Flavor::Nifti1, ByteOrder::Little);
+        let err = h.set_from_str("srow_x", "1,2.5").unwrap_err().to_string();
+        assert_eq!(err, "field 'srow_x' takes 4 values, got '1,2.5'");
+        let err = h
+            .set_from_str("sform_code", "70000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("got '70000'"), "{err}");
     }
 }

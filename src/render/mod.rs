@@ -17,7 +17,7 @@ use crate::image::data::swap_in_place;
 use crate::image::{FileSource, Image, Origin, Store, VoxelBuffer};
 
 pub mod save;
-pub use save::save_image;
+pub use save::{save_image, save_image_with_progress};
 
 /// Where a rendering takes its stored numbers from.
 #[derive(Debug)]

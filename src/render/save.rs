@@ -6,11 +6,21 @@ use std::path::Path;
 
 use crate::format::{self, Flavor};
 use crate::image::{Image, ImageError};
+use crate::progress::{Counting, Progress, Silent};
 use crate::render::Rendering;
 
 /// Writes an image to `out`: NIfTI-2 stays NIfTI-2, Analyze stays Analyze in a pair, the rest
 /// is NIfTI-1.
 pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
+    save_image_with_progress(image, out, &Silent)
+}
+
+/// [`save_image`], telling `progress` how many of the data bytes are written.
+pub fn save_image_with_progress(
+    image: &Image,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<(), ImageError> {
     let map = format::FileMap::from_path(out)?;
     let source_flavor = image.header().flavor();
     let flavor = match (map.is_single(), source_flavor) {
@@ -20,7 +30,13 @@ pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
     };
     let rendering = Rendering::of(image).map_err(ImageError::DataUnavailable)?;
     let header = image.header_as(flavor);
-    let mut write = |w: &mut dyn std::io::Write| rendering.write_data_to(w);
+    let data_len = rendering.size() - rendering.prefix().len() as u64;
+    let mut write = |w: &mut dyn std::io::Write| {
+        let mut counting = Counting::new(w, data_len, progress);
+        rendering.write_data_to(&mut counting)?;
+        counting.finish();
+        Ok(())
+    };
     format::io::save(
         out,
         format::io::ImageToSave {
