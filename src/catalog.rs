@@ -206,6 +206,11 @@ pub struct Catalog {
     versions: Mutex<HashMap<u64, Weak<Version>>>,
     next_ino: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
+    /// Images made from files written in the mount, with the file each was written as: its
+    /// "original" is that file's memory, not a file on disk.
+    written: Mutex<HashMap<String, PathBuf>>,
+    /// Files written in the mount with an image's name that did not become images, and why.
+    plain: Mutex<BTreeMap<PathBuf, String>>,
     pub stats: Stats,
 }
 
@@ -217,6 +222,8 @@ impl Catalog {
             versions: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
             invalidate: RwLock::new(None),
+            written: Mutex::new(HashMap::new()),
+            plain: Mutex::new(BTreeMap::new()),
             stats: Stats::default(),
         }
     }
@@ -363,11 +370,56 @@ impl Catalog {
         })
     }
 
+    /// Serves an image made from a file written in the mount as `file`, replacing an earlier
+    /// version made the same way; an image of that name from elsewhere is left alone.
+    pub fn adopt(&self, name: &str, image: Image, file: PathBuf) -> Result<Summary, CatalogError> {
+        check_name(name)?;
+        {
+            let written = self.written.lock();
+            if self.entries.read().contains_key(name) && !written.contains_key(name) {
+                return Err(CatalogError::NameTaken(name.to_string()));
+            }
+        }
+        self.plain.lock().remove(&file);
+        self.written.lock().insert(name.to_string(), file);
+        self.replace(name, image)
+    }
+
+    /// Records why a file written in the mount with an image's name stays a plain file.
+    pub fn note_plain(&self, file: PathBuf, why: String) {
+        self.plain.lock().insert(file, why);
+    }
+
+    /// Forgets the notes about a written file (it was removed or renamed).
+    pub fn forget_plain(&self, file: &Path) {
+        self.plain.lock().remove(file);
+    }
+
+    /// Files written in the mount that did not become images, with why.
+    pub fn plain_files(&self) -> Vec<(PathBuf, String)> {
+        self.plain
+            .lock()
+            .iter()
+            .map(|(f, why)| (f.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Whether the image served as `file_name` was made from a file written in the mount,
+    /// and if so whether it is still clean (the same bytes as that file).
+    pub fn written_state(&self, file_name: &OsStr) -> Option<bool> {
+        let name = Catalog::name_of(file_name)?;
+        if !self.written.lock().contains_key(name) {
+            return None;
+        }
+        self.state(name).ok().map(|s| s.is_clean())
+    }
+
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
         self.entries
             .write()
             .remove(name)
             .ok_or_else(|| CatalogError::UnknownName(name.to_string()))?;
+        self.written.lock().remove(name);
         self.notify(name);
         Ok(())
     }
@@ -389,10 +441,14 @@ impl Catalog {
     /// otherwise. Refused once the original's data were found unreadable: neither path would
     /// give a reader the data, and the reason is best told here.
     pub fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {
+        let written = self.written.lock().get(name).cloned();
         self.with_fresh(name, |entry| {
             let Some(origin) = entry.image.origin() else {
                 return Ok(self.mount_path(name));
             };
+            if let Some(file) = written.filter(|_| entry.image.state().is_clean()) {
+                return Ok(file);
+            }
             if let Some(why) = origin.unreadable() {
                 return Err(CatalogError::Image {
                     name: name.to_string(),
@@ -444,12 +500,28 @@ impl Catalog {
             None => format!("{} in memory", header.flavor().name()),
         };
         let mut reasons = state.reason_texts();
+        let written = self.written.lock().get(name).cloned();
+        let mut state_text = state.to_string();
+        let mut origin = image.origin().map(|o| o.path().to_path_buf());
+        if let Some(file) = &written {
+            if state.is_clean() {
+                state_text = "written in the mount".to_string();
+            }
+            reasons.insert(
+                0,
+                format!(
+                    "written in the mount as {}; no original on disk",
+                    file.display()
+                ),
+            );
+            origin = None;
+        }
         if let Body::Broken(why) = &entry.version.body {
             reasons.push(format!("cannot be served: {why}"));
         }
         Summary {
             name: name.to_string(),
-            state: state.to_string(),
+            state: state_text,
             clean: state.is_clean(),
             reasons,
             format,
@@ -458,13 +530,16 @@ impl Catalog {
                 .datatype()
                 .map_or_else(|e| e, |d| d.name().to_string()),
             size: entry.version.size,
-            origin: image.origin().map(|o| o.path().to_path_buf()),
+            origin,
             served_as: match entry.version.body {
                 Body::Original(_) => "passthrough",
                 Body::Rendered(_) => "rendered",
                 Body::Broken(_) => "unavailable",
             },
-            path: self.mount_path(name),
+            path: match written {
+                Some(file) if state.is_clean() => file,
+                _ => self.mount_path(name),
+            },
         }
     }
 

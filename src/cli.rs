@@ -542,6 +542,13 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 print_json(&reply["images"]);
             } else {
                 print_ls(&reply["images"]);
+                for plain in reply["plain"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: not an image, a plain file: {}",
+                        plain["path"].as_str().unwrap_or_default(),
+                        plain["why"].as_str().unwrap_or_default()
+                    );
+                }
             }
         }
         Verb::Show { name, mount } => {

@@ -22,7 +22,38 @@ use crate::written::{Budget, Node, Tree, WriteError, WrittenFile};
 /// What an open file handle reads from.
 enum Handle {
     Version(Arc<Version>),
-    Written(Arc<WrittenFile>),
+    /// A written file, with its change count when opened: a handle that changed it makes it
+    /// an image on release, if it has an image's name.
+    Written(Arc<WrittenFile>, u64),
+}
+
+/// The suffixes of image files: a written file so named becomes an image when closed.
+const IMAGE_SUFFIXES: [&str; 6] = [".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz"];
+
+/// Where the daemon shows itself its written files under their names, for the image loader,
+/// which knows a file's format by its name: a private directory of links to the memfds, and
+/// the memfds each image was made from (their descriptors must stay open for the links).
+struct Links {
+    dir: tempfile::TempDir,
+    next: u64,
+    /// Per image, the memfds of its current and its previous version: a compressed image
+    /// reads its file again when first read, and a reader of the previous version may still
+    /// be at its start.
+    held: HashMap<String, [Vec<Arc<std::fs::File>>; 2]>,
+}
+
+/// The other file of a pair (`x.hdr` for `x.img`, keeping `.gz`), or None for a `.nii`.
+fn pair_partner(name: &str) -> Option<String> {
+    let (base, gz) = match name.strip_suffix(".gz") {
+        Some(base) => (base, ".gz"),
+        None => (name, ""),
+    };
+    if let Some(stem) = base.strip_suffix(".hdr") {
+        Some(format!("{stem}.img{gz}"))
+    } else {
+        base.strip_suffix(".img")
+            .map(|stem| format!("{stem}.hdr{gz}"))
+    }
 }
 
 /// A directory listing: file names with their attributes, and the versions they name, kept
@@ -59,6 +90,7 @@ pub struct Vfs {
     /// The written nodes the kernel knows by inode, with its lookup count for each: an
     /// unlinked file stays readable through the inode while the kernel holds it.
     written_refs: Mutex<HashMap<u64, (Node, u64)>>,
+    links: Mutex<Option<Links>>,
 }
 
 impl Vfs {
@@ -78,6 +110,7 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             tree: budget.map(|b| Mutex::new(Tree::new(ROOT_INO, b))),
             written_refs: Mutex::new(HashMap::new()),
+            links: Mutex::new(None),
         }
     }
 
@@ -96,7 +129,9 @@ impl Vfs {
     }
 
     pub fn lookup(&self, parent: u64, file_name: &OsStr) -> Result<Attr, FsError> {
-        if let Some(node) = self.written_node(parent, file_name)? {
+        if let Some(node) = self.written_node(parent, file_name)?
+            && !self.image_shadows(parent, file_name)
+        {
             return Ok(self.written_learned(node));
         }
         if parent != ROOT_INO {
@@ -105,6 +140,13 @@ impl Vfs {
         let version = self.catalog.current(file_name).ok_or(FsError::NotFound)?;
         self.kernel_learned(&version);
         Ok(attr_of(&version))
+    }
+
+    /// Whether, in the root, the image served as `file_name` hides the written file of that
+    /// name: it does once the image made from that file was edited (it is no longer the
+    /// file's bytes); until then both are the same bytes and the written file is shown.
+    fn image_shadows(&self, parent: u64, file_name: &OsStr) -> bool {
+        parent == ROOT_INO && self.catalog.written_state(file_name) == Some(false)
     }
 
     /// The written node `name` in `parent`, if the mount is writable and has one.
@@ -178,7 +220,11 @@ impl Vfs {
     /// Refuses a name in the root that is an image's served file: such a file is never
     /// written through, removed or replaced from the kernel's side.
     fn check_not_image(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
-        if parent == ROOT_INO && self.catalog.current(name).is_some() {
+        // An image made from a written file may be written again: that makes its next version.
+        if parent == ROOT_INO
+            && self.catalog.written_state(name).is_none()
+            && self.catalog.current(name).is_some()
+        {
             return Err(FsError::Denied(
                 "an image's served file is never written through; write a new name",
             ));
@@ -206,7 +252,11 @@ impl Vfs {
         };
         let attr = self.written_learned(Node::File(file.clone()));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.write().insert(fh, Handle::Written(file));
+        // A new file counts as changed: an empty `.nii` is reported as not an image.
+        let changes = file.changes().wrapping_sub(1);
+        self.handles
+            .write()
+            .insert(fh, Handle::Written(file, changes));
         Ok((attr, fh))
     }
 
@@ -220,6 +270,8 @@ impl Vfs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
         self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
+        self.catalog
+            .forget_plain(&self.catalog.mount_dir().join(name));
         Ok(())
     }
 
@@ -277,7 +329,7 @@ impl Vfs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         match self.handles.read().get(&fh) {
-            Some(Handle::Written(file)) => Ok(file.write(offset, data)?),
+            Some(Handle::Written(file, _)) => Ok(file.write(offset, data)?),
             Some(Handle::Version(_)) => Err(FsError::Denied("opened for reading")),
             None => Err(FsError::Stale),
         }
@@ -386,12 +438,22 @@ impl Vfs {
         };
         let mut files = vec![(".".to_string(), this), ("..".to_string(), up)];
         let mut versions = Vec::with_capacity(current.len());
+        // A name both have is listed once, as lookup would find it.
+        let shadowed = |name: &str| self.image_shadows(ino, OsStr::new(name));
+        let written_names: std::collections::HashSet<&str> =
+            written.iter().map(|(n, _)| n.as_str()).collect();
         for (file_name, version) in current {
+            if written_names.contains(file_name.as_str()) && !shadowed(&file_name) {
+                continue;
+            }
             files.push((file_name, attr_of(&version)));
             versions.push(version);
         }
         let mut nodes = Vec::with_capacity(written.len());
         for (name, node) in written {
+            if ino == ROOT_INO && shadowed(&name) {
+                continue;
+            }
             files.push((name, self.written_attr(&node)));
             nodes.push(node);
         }
@@ -421,7 +483,10 @@ impl Vfs {
         if self.written(ino).is_some() {
             let file = self.written_file(ino)?;
             let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            self.handles.write().insert(fh, Handle::Written(file));
+            let changes = file.changes();
+            self.handles
+                .write()
+                .insert(fh, Handle::Written(file, changes));
             return Ok(Opened::Written { fh });
         }
         let version = self.catalog.version(ino).ok_or(FsError::Stale)?;
@@ -466,7 +531,9 @@ impl Vfs {
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
         let version = match self.handles.read().get(&fh) {
             Some(Handle::Version(v)) => v.clone(),
-            Some(Handle::Written(file)) => return Ok(Chunk::Owned(file.read(offset, size)?)),
+            Some(Handle::Written(file, _)) => {
+                return Ok(Chunk::Owned(file.read(offset, size)?));
+            }
             None => return Err(FsError::Stale),
         };
         let stats = &self.catalog.stats;
@@ -481,7 +548,125 @@ impl Vfs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.write().remove(&fh);
+        let handle = self.handles.write().remove(&fh);
+        if let Some(Handle::Written(file, changes)) = handle
+            && file.changes() != changes
+        {
+            self.adopt(&file);
+        }
+    }
+
+    /// Makes a written file in the root an image if it has an image's name (both files of a
+    /// pair written); one that does not parse stays a plain file, and `ls` says why.
+    fn adopt(&self, file: &Arc<WrittenFile>) {
+        let Some(tree) = &self.tree else { return };
+        let (name, partner) = {
+            let tree = tree.lock();
+            let Ok(root) = tree.dir(ROOT_INO) else { return };
+            let Some(name) = root
+                .entries
+                .iter()
+                .find(|(_, n)| matches!(n, Node::File(f) if Arc::ptr_eq(f, file)))
+                .map(|(name, _)| name.clone())
+            else {
+                return;
+            };
+            if !IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+                return;
+            }
+            let partner = pair_partner(&name).map(|p| (root.entries.get(&p).cloned(), p));
+            (name, partner)
+        };
+        let mut members = vec![(name.clone(), file.clone())];
+        match partner {
+            Some((Some(Node::File(other)), other_name)) => members.push((other_name, other)),
+            // The other half is not written yet: its close makes the pair an image.
+            Some(_) => return,
+            None => {}
+        }
+        let mount_file = self.catalog.mount_dir().join(&name);
+        let header_name = members
+            .iter()
+            .map(|(n, _)| n.clone())
+            .find(|n| !n.contains(".img"))
+            .unwrap_or_else(|| name.clone());
+        let image_name = crate::catalog::name_from_path(std::path::Path::new(&header_name));
+        let outcome = image_name
+            .ok_or_else(|| "no image name can be taken from it".to_string())
+            .and_then(|image_name| {
+                let (path, held) = self.link(&members)?;
+                let image = crate::image::Image::load(&path.join(&header_name))
+                    .map_err(|e| e.to_string())?;
+                let summary = self
+                    .catalog
+                    .adopt(
+                        &image_name,
+                        image,
+                        self.catalog.mount_dir().join(&header_name),
+                    )
+                    .map_err(|e| e.to_string())?;
+                if let Some(links) = self.links.lock().as_mut() {
+                    let kept = links.held.entry(image_name).or_default();
+                    kept[1] = std::mem::replace(&mut kept[0], held);
+                }
+                Ok(summary)
+            });
+        match outcome {
+            Ok(summary) => log::info!("{} is now image '{}'", mount_file.display(), summary.name),
+            Err(why) => {
+                // The loader names the link it read; the user knows the file by its mount path.
+                let why = why.replace(
+                    &self.links_dir(),
+                    &self.catalog.mount_dir().display().to_string(),
+                );
+                log::info!("{} stays a plain file: {why}", mount_file.display());
+                self.catalog.note_plain(mount_file, why);
+            }
+        }
+    }
+
+    fn links_dir(&self) -> String {
+        self.links
+            .lock()
+            .as_ref()
+            .map(|l| l.dir.path().display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Links each member's memfd under its name in a fresh private directory; returns the
+    /// directory and the memfds, which must stay open while the image may read them.
+    #[allow(clippy::type_complexity)]
+    fn link(
+        &self,
+        members: &[(String, Arc<WrittenFile>)],
+    ) -> Result<(std::path::PathBuf, Vec<Arc<std::fs::File>>), String> {
+        use std::os::fd::AsRawFd;
+        let mut links = self.links.lock();
+        if links.is_none() {
+            let base = crate::control::control_dir().map_err(|e| e.to_string())?;
+            // A fresh 0700 directory made here: nothing in it was planted by another user.
+            let dir = tempfile::Builder::new()
+                .prefix("written-")
+                .tempdir_in(base)
+                .map_err(|e| e.to_string())?;
+            *links = Some(Links {
+                dir,
+                next: 0,
+                held: HashMap::new(),
+            });
+        }
+        let links = links.as_mut().expect("made above");
+        links.next += 1;
+        let dir = links.dir.path().join(links.next.to_string());
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let mut held = Vec::new();
+        for (name, file) in members {
+            let (fd, _) = file.share();
+            let target = format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
+            std::os::unix::fs::symlink(target, dir.join(name)).map_err(|e| e.to_string())?;
+            held.push(fd);
+        }
+        Ok((dir, held))
     }
 }
 

@@ -96,15 +96,30 @@ impl Budget {
 #[derive(Debug)]
 pub struct WrittenFile {
     pub ino: u64,
-    fd: File,
     state: Mutex<FileState>,
     budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
 struct FileState {
+    fd: Arc<File>,
     len: u64,
     mtime: SystemTime,
+    /// Counts changes, so a closing writer can tell whether it changed anything.
+    changes: u64,
+    /// The memfd is an image's too: the next change goes to a copy, so that the image keeps
+    /// the bytes it was made from.
+    shared: bool,
+}
+
+fn memfd() -> Result<File, WriteError> {
+    // SAFETY: the name is a NUL-terminated literal; the call touches no other memory.
+    let fd = unsafe { libc::memfd_create(c"imgfs-written".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(WriteError::Io(io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: memfd_create just returned this descriptor, and nothing else owns it.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// The kernel allows files up to this size on tmpfs (MAX_LFS_FILESIZE); past it, EFBIG.
@@ -112,21 +127,53 @@ const MAX_FILE: u64 = i64::MAX as u64;
 
 impl WrittenFile {
     fn new(ino: u64, budget: Arc<Budget>) -> Result<WrittenFile, WriteError> {
-        // SAFETY: the name is a NUL-terminated literal; the call touches no other memory.
-        let fd = unsafe { libc::memfd_create(c"imgfs-written".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(WriteError::Io(io::Error::last_os_error().to_string()));
-        }
         Ok(WrittenFile {
             ino,
-            // SAFETY: memfd_create just returned this descriptor, and nothing else owns it.
-            fd: unsafe { File::from_raw_fd(fd) },
             state: Mutex::new(FileState {
+                fd: Arc::new(memfd()?),
                 len: 0,
                 mtime: SystemTime::now(),
+                changes: 0,
+                shared: false,
             }),
             budget,
         })
+    }
+
+    /// How many changes the file has had.
+    pub fn changes(&self) -> u64 {
+        self.state.lock().changes
+    }
+
+    /// Hands the memfd over to an image: it is never changed again, and the file's next
+    /// change goes to a copy. Returns the memfd and the length it holds.
+    pub fn share(&self) -> (Arc<File>, u64) {
+        let mut state = self.state.lock();
+        state.shared = true;
+        (state.fd.clone(), state.len)
+    }
+
+    /// Before a change: if an image holds the memfd, moves the file to a fresh one holding its
+    /// first `keep` bytes.
+    fn unshare(state: &mut FileState, keep: u64) -> Result<(), WriteError> {
+        if !state.shared {
+            return Ok(());
+        }
+        let io = |e: io::Error| WriteError::Io(e.to_string());
+        let copy = memfd()?;
+        let keep = keep.min(state.len);
+        let mut buf = vec![0; 1 << 20];
+        let mut at = 0;
+        while at < keep {
+            let n = (keep - at).min(buf.len() as u64) as usize;
+            state.fd.read_exact_at(&mut buf[..n], at).map_err(io)?;
+            copy.write_all_at(&buf[..n], at).map_err(io)?;
+            at += n as u64;
+        }
+        copy.set_len(state.len).map_err(io)?;
+        state.fd = Arc::new(copy);
+        state.shared = false;
+        Ok(())
     }
 
     pub fn len(&self) -> u64 {
@@ -141,11 +188,6 @@ impl WrittenFile {
         self.state.lock().mtime
     }
 
-    /// The memfd holding the bytes (a passthrough backing file, or for reading as an image).
-    pub fn file(&self) -> &File {
-        &self.fd
-    }
-
     /// Bytes `[offset, offset + size)`, shorter at the end; a hole reads as zeros.
     pub fn read(&self, offset: u64, size: usize) -> Result<Vec<u8>, WriteError> {
         let len = self.len();
@@ -154,8 +196,8 @@ impl WrittenFile {
             return Ok(Vec::new());
         }
         let mut buf = vec![0; (end - offset) as usize];
-        self.fd
-            .read_exact_at(&mut buf, offset)
+        let fd = self.state.lock().fd.clone();
+        fd.read_exact_at(&mut buf, offset)
             .map_err(|e| WriteError::Io(e.to_string()))?;
         Ok(buf)
     }
@@ -169,14 +211,21 @@ impl WrittenFile {
         let mut state = self.state.lock();
         let grow = end.saturating_sub(state.len);
         self.budget.take(grow)?;
-        if let Err(e) = self.fd.write_all_at(data, offset) {
+        let written = WrittenFile::unshare(&mut state, u64::MAX).and_then(|()| {
+            state
+                .fd
+                .write_all_at(data, offset)
+                .map_err(|e| WriteError::Io(e.to_string()))
+        });
+        if let Err(e) = written {
             self.budget.give_back(grow);
             // A partial write may have grown the memfd: put its length back.
-            let _ = self.fd.set_len(state.len);
-            return Err(WriteError::Io(e.to_string()));
+            let _ = state.fd.set_len(state.len);
+            return Err(e);
         }
         state.len = state.len.max(end);
         state.mtime = SystemTime::now();
+        state.changes += 1;
         Ok(data.len())
     }
 
@@ -189,17 +238,24 @@ impl WrittenFile {
         if len > state.len {
             self.budget.take(len - state.len)?;
         }
-        if let Err(e) = self.fd.set_len(len) {
+        let done = WrittenFile::unshare(&mut state, len).and_then(|()| {
+            state
+                .fd
+                .set_len(len)
+                .map_err(|e| WriteError::Io(e.to_string()))
+        });
+        if let Err(e) = done {
             if len > state.len {
                 self.budget.give_back(len - state.len);
             }
-            return Err(WriteError::Io(e.to_string()));
+            return Err(e);
         }
         if len < state.len {
             self.budget.give_back(state.len - len);
         }
         state.len = len;
         state.mtime = SystemTime::now();
+        state.changes += 1;
         Ok(())
     }
 
@@ -431,6 +487,23 @@ mod tests {
         drop(t.unlink(1, "a").unwrap());
         drop(a);
         assert_eq!(t.budget.used(), 0);
+    }
+
+    #[test]
+    fn a_shared_memfd_keeps_its_bytes_while_the_file_changes() {
+        let mut t = tree(1 << 20);
+        let a = t.create(1, "a", 2, true).unwrap();
+        a.write(0, b"version one").unwrap();
+        let (held, len) = a.share();
+        a.set_len(0).unwrap();
+        a.write(0, b"two").unwrap();
+        let mut old = vec![0; len as usize];
+        held.read_exact_at(&mut old, 0).unwrap();
+        assert_eq!(old, b"version one");
+        assert_eq!(a.read(0, 100).unwrap(), b"two");
+        let (_, _) = a.share();
+        a.write(3, b"!").unwrap();
+        assert_eq!(a.read(0, 100).unwrap(), b"two!");
     }
 
     #[test]

@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::fdpass;
 use super::protocol::{
-    Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, Pong,
-    ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
+    Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, PlainFile,
+    Pong, ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
 };
 use crate::catalog::{Catalog, CatalogError};
 use crate::format::{DataType, Extension, Header};
@@ -312,6 +312,11 @@ fn handle(
         }
         Request::Ls {} => to_value(Images {
             images: catalog.list(),
+            plain: catalog
+                .plain_files()
+                .into_iter()
+                .map(|(path, why)| PlainFile { path, why })
+                .collect(),
         }),
         Request::Show { name } => to_value(show(catalog, &name)?),
         Request::Set { name, fields } => to_value(set(catalog, &name, &fields)?),

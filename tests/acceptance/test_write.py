@@ -222,3 +222,90 @@ def test_an_mrtrix_pipeline_writes_and_reads_its_outputs_in_the_mount(tmp_path):
     on_disk = ok(subprocess.run(["sh", "-c", script.format(s=src).replace("$D", str(disk))],
                                 capture_output=True, text=True))
     assert in_mount.stdout.strip() == on_disk.stdout.strip() != ""
+
+
+def ls(mnt):
+    import json
+    return {i["name"]: i for i in json.loads(ok(imgfs("ls", "--json", "--mount", mnt)).stdout)}
+
+
+def test_a_written_nifti_becomes_an_image_that_set_path_show_save_and_rm_work_on(mnt, tmp_path):
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    disk = tmp_path / "out.nii"
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2, 2, 1])), disk)
+    written = os.path.join(mnt, "out.nii")
+    shutil.copyfile(disk, written)
+    entry = ls(mnt)["out"]
+    assert entry["state"] == "written in the mount" and entry["origin"] is None, entry
+    assert any("no original on disk" in r for r in entry["reasons"]), entry
+    assert ok(imgfs("path", "out", "--mount", mnt)).stdout.strip() == written
+    assert read(written) == read(disk)
+    ok(imgfs("set", "out", "descrip=edited", "--mount", mnt))
+    # Edited: the mount shows the new version under the name, the data unchanged.
+    edited = nib.load(ok(imgfs("path", "out", "--mount", mnt)).stdout.strip())
+    assert edited.header["descrip"].tobytes().rstrip(b"\0") == b"edited"
+    assert np.array_equal(np.asarray(edited.dataobj), data)
+    saved = tmp_path / "saved.nii.gz"
+    ok(imgfs("save", "out", str(saved), "--mount", mnt))
+    assert np.array_equal(np.asarray(nib.load(saved).dataobj), data)
+    ok(imgfs("rm", "out", "--mount", mnt))
+    assert "out" not in ls(mnt)
+
+
+def test_rewriting_an_output_makes_a_new_version_and_an_open_reader_keeps_the_old(mnt, tmp_path):
+    first, second = tmp_path / "1.nii.gz", tmp_path / "2.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), first)
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 7, np.float32), np.eye(4)), second)
+    out = os.path.join(mnt, "res.nii.gz")
+    shutil.copyfile(first, out)
+    served = ok(imgfs("show", "res", "--mount", mnt))
+    assert "written in the mount" in served.stdout, served.stdout
+    with open(os.path.join(mnt, "res.nii"), "rb") as reader:  # the image, rendered
+        head = reader.read(352)
+        shutil.copyfile(second, out)  # a tool writes its output again
+        rest = reader.read()
+    assert np.asarray(nib.Nifti1Image.from_bytes(head + rest).dataobj).max() == 1
+    assert nib.load(os.path.join(mnt, "res.nii")).get_fdata().max() == 7
+    assert nib.load(out).get_fdata().max() == 7
+    assert ls(mnt)["res"]["state"] == "written in the mount"
+
+
+def test_after_set_the_name_shows_the_edited_version_and_is_not_written_through(mnt, tmp_path):
+    src = tmp_path / "o.nii"
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), src)
+    out = os.path.join(mnt, "o.nii")
+    shutil.copyfile(src, out)
+    ok(imgfs("set", "o", "descrip=edited", "--mount", mnt))
+    assert nib.load(out).header["descrip"].tobytes().rstrip(b"\0") == b"edited"
+    with pytest.raises(OSError) as e:
+        open(out, "r+b")
+    assert e.value.errno == errno.EACCES
+    ok(imgfs("rm", "o", "--mount", mnt))
+    assert read(out) == read(src)  # the written file itself, as written
+
+
+def test_a_written_pair_and_a_gz_become_images(mnt, tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name in ("pair.hdr", "z.nii.gz"):
+        src = tmp_path / name
+        nib.save(nib.Nifti1Pair(data, np.eye(4)) if name.endswith(".hdr")
+                 else nib.Nifti1Image(data, np.eye(4)), src)
+        for f in os.listdir(tmp_path):
+            if f.startswith(name.split(".")[0]):
+                shutil.copyfile(tmp_path / f, os.path.join(mnt, f))
+    images = ls(mnt)
+    assert {"pair", "z"} <= set(images), images
+    for name in ("pair", "z"):
+        rendered = os.path.join(mnt, f"{name}.nii")
+        assert np.array_equal(nib.load(rendered).get_fdata(), data)
+
+
+def test_a_file_that_does_not_parse_stays_plain_and_ls_says_why(mnt):
+    bad = os.path.join(mnt, "broken.nii")
+    open(bad, "wb").write(b"not a header")
+    assert read(bad) == b"not a header"
+    assert "broken" not in ls(mnt)
+    text = ok(imgfs("ls", "--mount", mnt)).stdout
+    assert f"{bad}: not an image, a plain file:" in text, text
+    open(os.path.join(mnt, "notes.json"), "w").write("{}")
+    assert "notes" not in ls(mnt)
