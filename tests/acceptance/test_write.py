@@ -209,7 +209,22 @@ def test_nifti_tool_copy_im_into_the_mount_equals_a_copy_on_disk(mnt, tmp_path):
     assert read(os.path.join(mnt, "copy.nii")) == read(disk / "copy.nii")
 
 
-@pytest.mark.skipif(shutil.which("mrcalc") is None, reason="MRtrix3 not installed")
+MRTRIX = pytest.mark.skipif(shutil.which("mrcalc") is None, reason="MRtrix3 not installed")
+
+
+def same_image(a, b, exact=True):
+    # No mapping: a failed assert must not keep a file of the mount open.
+    ia, ib = nib.load(a, mmap=False), nib.load(b, mmap=False)
+    assert ia.shape == ib.shape
+    assert np.allclose(ia.affine, ib.affine)
+    da, db = np.asarray(ia.dataobj), np.asarray(ib.dataobj)
+    if exact:
+        assert np.array_equal(da, db, equal_nan=True), a
+    else:
+        assert np.corrcoef(da.ravel(), db.ravel())[0, 1] > 0.99, a
+
+
+@MRTRIX
 def test_an_mrtrix_pipeline_writes_and_reads_its_outputs_in_the_mount(tmp_path):
     src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
     disk = tmp_path / "disk"
@@ -222,6 +237,35 @@ def test_an_mrtrix_pipeline_writes_and_reads_its_outputs_in_the_mount(tmp_path):
     on_disk = ok(subprocess.run(["sh", "-c", script.format(s=src).replace("$D", str(disk))],
                                 capture_output=True, text=True))
     assert in_mount.stdout.strip() == on_disk.stdout.strip() != ""
+
+
+@MRTRIX
+def test_tool_outputs_in_the_mount_equal_outputs_on_disk_and_are_images(mnt, tmp_path):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for d in (mnt, str(disk)):
+        ok(subprocess.run(["mrconvert", "-quiet", src, f"{d}/t1f.nii", "-datatype", "float32"],
+                          capture_output=True, text=True))
+        ok(subprocess.run(["mrcalc", "-quiet", f"{d}/t1f.nii", "2", "-mult", f"{d}/x2.nii.gz"],
+                          capture_output=True, text=True))
+        # The image onto itself: a registration that converges to the same answer each run.
+        ok(subprocess.run(["mrregister", "-quiet", f"{d}/x2.nii.gz", f"{d}/x2.nii.gz",
+                           "-type", "affine", "-affine", f"{d}/affine.txt",
+                           "-transformed", f"{d}/moved.nii"], capture_output=True, text=True))
+    for name in ("t1f.nii", "x2.nii.gz"):
+        same_image(os.path.join(mnt, name), disk / name)
+    # mrregister differs slightly from run to run even between two runs on disk.
+    same_image(os.path.join(mnt, "moved.nii"), disk / "moved.nii", exact=False)
+    assert np.allclose(np.loadtxt(os.path.join(mnt, "affine.txt")),
+                       np.loadtxt(disk / "affine.txt"), atol=0.05)
+    images = ls(mnt)
+    assert {"t1f", "x2", "moved"} <= set(images), images
+    assert all(images[n]["state"] == "written in the mount" for n in ("t1f", "x2", "moved"))
+    assert "affine" not in images
+    saved = tmp_path / "x2_saved.nii"
+    ok(imgfs("save", "x2", str(saved), "--mount", mnt))
+    same_image(saved, disk / "x2.nii.gz")
 
 
 def ls(mnt):
