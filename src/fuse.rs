@@ -486,7 +486,11 @@ impl Filesystem for ImageFs {
     // SEEK_DATA), answered here so that fuser does not log each as "Not Implemented". Written
     // files are in memory already: as on tmpfs, there is nothing to flush or sync.
 
-    fn flush(&self, _: &Request, _: INodeNo, _: FileHandle, _: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _: &Request, _: INodeNo, fh: FileHandle, _: LockOwner, reply: ReplyEmpty) {
+        let _ = caught("flush", || {
+            self.vfs.flush(fh.0);
+            Ok(())
+        });
         reply.ok();
     }
 

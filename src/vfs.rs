@@ -22,9 +22,10 @@ use crate::written::{Budget, Node, Tree, WriteError, WrittenFile};
 /// What an open file handle reads from.
 enum Handle {
     Version(Arc<Version>),
-    /// A written file, with its change count when opened: a handle that changed it makes it
-    /// an image on release, if it has an image's name.
-    Written(Arc<WrittenFile>, u64),
+    /// A written file, with its change count when opened or last flushed: a handle that
+    /// changed it makes it an image when closed (flush, which close(2) waits for) or released,
+    /// if it has an image's name.
+    Written(Arc<WrittenFile>, AtomicU64),
 }
 
 /// The suffixes of image files: a written file so named becomes an image when closed.
@@ -256,7 +257,7 @@ impl Vfs {
         let changes = file.changes().wrapping_sub(1);
         self.handles
             .write()
-            .insert(fh, Handle::Written(file, changes));
+            .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
         Ok((attr, fh))
     }
 
@@ -486,7 +487,7 @@ impl Vfs {
             let changes = file.changes();
             self.handles
                 .write()
-                .insert(fh, Handle::Written(file, changes));
+                .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
             return Ok(Opened::Written { fh });
         }
         let version = self.catalog.version(ino).ok_or(FsError::Stale)?;
@@ -547,13 +548,25 @@ impl Vfs {
         version.read(offset, size)
     }
 
-    pub fn release(&self, fh: u64) {
-        let handle = self.handles.write().remove(&fh);
-        if let Some(Handle::Written(file, changes)) = handle
-            && file.changes() != changes
-        {
+    /// A close of a descriptor of this handle: a written file it changed becomes an image now,
+    /// so that the image is there when close(2) returns.
+    pub fn flush(&self, fh: u64) {
+        let changed = match self.handles.read().get(&fh) {
+            Some(Handle::Written(file, seen)) => {
+                let now = file.changes();
+                (seen.swap(now, Ordering::Relaxed) != now).then(|| file.clone())
+            }
+            _ => None,
+        };
+        if let Some(file) = changed {
             self.adopt(&file);
         }
+    }
+
+    pub fn release(&self, fh: u64) {
+        // Writes through a mapping may come after the last close.
+        self.flush(fh);
+        self.handles.write().remove(&fh);
     }
 
     /// Makes a written file in the root an image if it has an image's name (both files of a
