@@ -19,7 +19,9 @@ class ImgfsError(Exception):
 
 
 class BadRequest(ImgfsError):
-    """The request itself is malformed: bad JSON, an unknown op or field, a wrong type."""
+    """The request itself is malformed: bad JSON, an unknown op or field, a wrong type, or a
+    `put` whose header or descriptor cannot be taken (not a sealed memfd, offsets that
+    overflow)."""
 
     kind = "bad_request"
 
@@ -43,8 +45,8 @@ class NameTaken(ImgfsError):
 
 
 class Refused(ImgfsError):
-    """A well-formed request the daemon will not do: an unsafe path, a bad descriptor, an edit
-    the image does not allow."""
+    """A well-formed request the daemon will not do: an unsafe path, an edit the image does not
+    allow."""
 
     kind = "refused"
 
