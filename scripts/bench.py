@@ -971,7 +971,7 @@ def case_unprivileged(ctx):
     out = own / "rows.json"
     cmd = [str(REPO / "scripts" / "as-user"), "--expose", str(REPO), "--expose", sys.base_prefix,
            "--expose", str(ctx.workdir), "--expose", str(ctx.imgfs.parent), "--",
-           sys.executable, str(Path(__file__).resolve()), "--cases", "1,2", "--quick",
+           sys.executable, str(Path(__file__).resolve()), "--cases", "1,2,write", "--quick",
            "--no-verify", "--no-build", "--imgfs", str(ctx.imgfs),
            "--workdir", str(ctx.workdir), "--mount-root", str(own),
            "--size-mib", str(ctx.args.size_mib), "--small-count", str(ctx.args.small_count),
@@ -982,6 +982,55 @@ def case_unprivileged(ctx):
         raise BenchError(f"the unprivileged run failed (exit {p.returncode}):\n{p.stdout[-3000:]}")
     ROWS.extend(json.loads(out.read_text())["rows"])
     shutil.rmtree(own, ignore_errors=True)
+
+
+def shmem_mib():
+    """Shared memory in use machine-wide (memfds and tmpfs count here), MiB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def dd_into(path, mib):
+    t0 = time.perf_counter()
+    run(["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}", "status=none"])
+    return time.perf_counter() - t0
+
+
+def case_write(ctx, m):
+    """write: dd bs=1M of 512 MiB into the mount vs into /dev/shm, read back, daemon memory."""
+    R, mib = ctx.repeat, 512
+    shm = shm_path("dd")
+    out = m.dir / "dd.bin"
+    m.begin_case()
+    tw, bw, tr, br, grown = [], [], [], [], []
+    for _ in range(R):
+        shm_remove(shm)
+        SHM_FILES.add(shm)
+        bw.append(dd_into(shm, mib))
+        br.append(cat(shm))
+        shm_remove(shm)
+        if out.exists():
+            out.unlink()
+        rss0, shmem0 = m.rss(), shmem_mib()
+        tw.append(dd_into(out, mib))
+        grown.append((m.rss() - rss0, shmem_mib() - shmem0))
+        tr.append(cat(out))
+    res = m.end_case()
+    ok = os.path.getsize(out) == mib * MIB
+    out.unlink()
+    add_row("write", f"dd bs=1M of {mib} MiB into the mount vs /dev/shm", tw, bw,
+            target=("ratio", 0.8), res=res, notes=[f"size right={ok}"])
+    add_row("write", "read it back (cat) vs /dev/shm", tr, br, target=("ratio", 0.9), res=res)
+    # The first run only: a later one starts while the kernel may still hold the previous
+    # (unlinked) file's inode, whose memory goes when the kernel forgets it.
+    held = grown[0][0] + grown[0][1]
+    add_row("write", f"memory for the written {mib} MiB file (daemon RSS + shared memory)",
+            target=("max", 1.1 * mib, "MiB"), value=held, res=res, notes=[
+                f"first run; daemon RSS growth / machine Shmem growth per run (MiB): "
+                f"{[(round(a), round(b)) for a, b in grown]}"])
 
 
 # ----------------------------------------------------------------------------- main
@@ -1024,9 +1073,10 @@ def main():
     ap.add_argument("--gz-big", action="store_true",
                     help="case gz: also write and read a 1 GiB .nii.gz (slow to generate)")
     ap.add_argument("--skip-handoff", action="store_true")
-    ap.add_argument("--cases", default="1,2,4,5,6,7,gz,handoff,unpriv",
-                    help="comma-separated subset of 1,2,4,5,6,7,gz,handoff,unpriv (2 includes 3; "
-                         "unpriv runs 1-3 as an ordinary user, without passthrough)")
+    ap.add_argument("--cases", default="1,2,4,5,6,7,gz,write,handoff,unpriv",
+                    help="comma-separated subset of 1,2,4,5,6,7,gz,write,handoff,unpriv (2 "
+                         "includes 3; unpriv runs 1-3 and write as an ordinary user, without "
+                         "passthrough)")
     ap.add_argument("--mount-root", help="make mount points here (default: under --workdir)")
     ap.add_argument("--label-suffix", default="", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true",
@@ -1061,7 +1111,8 @@ def main():
         ctx.data = make_data(ctx.workdir, args.size_mib, args.small_count)
         m = Mount(ctx.imgfs, ctx.workdir, "main")
         steps = [("1", case_clean_read), ("2", case_dirty), ("4", case_header_edit),
-                 ("5", case_header_readers), ("6", case_mrstats), ("gz", case_gzip)]
+                 ("5", case_header_readers), ("6", case_mrstats), ("gz", case_gzip),
+                 ("write", case_write)]
         for key, fn in steps:
             if key in cases:
                 log(f"case {key}: {fn.__doc__.splitlines()[0]}")
@@ -1073,7 +1124,7 @@ def main():
         if "handoff" in cases and not args.skip_handoff:
             case_handoff(ctx)
         if "unpriv" in cases:
-            log("case unpriv: cases 1-3 as an ordinary user (forwarded clean reads)")
+            log("case unpriv: cases 1-3 and write as an ordinary user (forwarded clean reads)")
             case_unprivileged(ctx)
     except KeyboardInterrupt:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -1,9 +1,9 @@
 //! The catalog: the named images of one mount and the file version each one is served as.
 //!
-//! This is the filesystem without the kernel: it answers lookups, opens and reads in plain
-//! types, and the FUSE adapter only translates. Each change to an image gives it a new version
+//! This is the image registry and its edits. Each change to an image gives it a new version
 //! with its own inode, so a reader that opened a version keeps reading it to the end while a
-//! later open sees the new one; the kernel is told to forget the old name binding.
+//! later open sees the new one; the kernel is told to forget the old name binding. Which
+//! versions the kernel holds, its open handles and listings are [`crate::vfs`]'s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -15,9 +15,8 @@ use std::time::SystemTime;
 use parking_lot::{Mutex, RwLock};
 
 use crate::format::gzindex::GzCache;
-use crate::format::{self, Flavor};
+use crate::format;
 use crate::image::{DirtyState, FileSource, Image, ImageError};
-use crate::progress::{Counting, Progress, Silent};
 use crate::render::{Chunk, Rendering};
 
 /// The suffix every served file has.
@@ -51,6 +50,10 @@ pub enum FsError {
     Stale,
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    Denied(&'static str),
+    #[error(transparent)]
+    Written(#[from] crate::written::WriteError),
 }
 
 impl FsError {
@@ -59,6 +62,8 @@ impl FsError {
             FsError::NotFound => libc::ENOENT,
             FsError::Stale => libc::ESTALE,
             FsError::Io(_) => libc::EIO,
+            FsError::Denied(_) => libc::EACCES,
+            FsError::Written(e) => e.errno(),
         }
     }
 }
@@ -146,13 +151,6 @@ impl Version {
     }
 }
 
-/// A directory listing: file names with their attributes, and the versions they name, kept
-/// alive while the listing is paged through so that every inode it hands out can be opened.
-pub struct Listing {
-    pub files: Vec<(String, Attr)>,
-    _versions: Vec<Arc<Version>>,
-}
-
 /// A file's attributes, as the kernel needs them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Attr {
@@ -160,15 +158,8 @@ pub struct Attr {
     pub size: u64,
     pub mtime: SystemTime,
     pub is_dir: bool,
-}
-
-/// How an open file is to be served.
-#[derive(Debug)]
-pub enum Opened {
-    /// Hand the kernel this file: reads go to it directly (FUSE passthrough).
-    Passthrough { fh: u64, source: Arc<FileSource> },
-    /// Reads come to [`Catalog::read`].
-    Rendered { fh: u64 },
+    /// Written in the mount: its owner may change it.
+    pub writable: bool,
 }
 
 /// Told when a name's file changes, so the kernel's caches can be invalidated.
@@ -184,6 +175,8 @@ pub struct Stats {
     pub rendered_opens: AtomicU64,
     pub forwarded_reads: AtomicU64,
     pub rendered_reads: AtomicU64,
+    /// Versions the kernel holds by inode (kept by [`crate::vfs`]).
+    pub kernel_held_versions: AtomicU64,
 }
 
 /// One line of `imgfs ls`.
@@ -212,17 +205,15 @@ pub struct Catalog {
     mount_dir: PathBuf,
     entries: RwLock<BTreeMap<String, Arc<Mutex<Entry>>>>,
     versions: Mutex<HashMap<u64, Weak<Version>>>,
-    /// The versions the kernel knows by inode, with its lookup count for each. A version stays
-    /// openable until the kernel forgets it: a name looked up just before an edit still names
-    /// the version it was looked up as, and opening it reads that whole version.
-    kernel_refs: Mutex<HashMap<u64, (Arc<Version>, u64)>>,
-    handles: RwLock<HashMap<u64, Arc<Version>>>,
-    listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_ino: AtomicU64,
-    next_fh: AtomicU64,
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
     /// Decompressed segments of every compressed original of the mount, under one budget.
     gz_cache: Arc<GzCache>,
+    /// Images made from files written in the mount, with the file each was written as: its
+    /// "original" is that file's memory, not a file on disk.
+    written: Mutex<HashMap<String, PathBuf>>,
+    /// Files written in the mount with an image's name that did not become images, and why.
+    plain: Mutex<BTreeMap<PathBuf, String>>,
     pub stats: Stats,
 }
 
@@ -243,12 +234,10 @@ impl Catalog {
             mount_dir,
             entries: RwLock::new(BTreeMap::new()),
             versions: Mutex::new(HashMap::new()),
-            kernel_refs: Mutex::new(HashMap::new()),
-            handles: RwLock::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
             next_ino: AtomicU64::new(ROOT_INO + 1),
-            next_fh: AtomicU64::new(1),
             invalidate: RwLock::new(None),
+            written: Mutex::new(HashMap::new()),
+            plain: Mutex::new(BTreeMap::new()),
             stats: Stats::default(),
         }
     }
@@ -395,11 +384,56 @@ impl Catalog {
         })
     }
 
+    /// Serves an image made from a file written in the mount as `file`, replacing an earlier
+    /// version made the same way; an image of that name from elsewhere is left alone.
+    pub fn adopt(&self, name: &str, image: Image, file: PathBuf) -> Result<Summary, CatalogError> {
+        check_name(name)?;
+        {
+            let written = self.written.lock();
+            if self.entries.read().contains_key(name) && !written.contains_key(name) {
+                return Err(CatalogError::NameTaken(name.to_string()));
+            }
+        }
+        self.plain.lock().remove(&file);
+        self.written.lock().insert(name.to_string(), file);
+        self.replace(name, image)
+    }
+
+    /// Records why a file written in the mount with an image's name stays a plain file.
+    pub fn note_plain(&self, file: PathBuf, why: String) {
+        self.plain.lock().insert(file, why);
+    }
+
+    /// Forgets the notes about a written file (it was removed or renamed).
+    pub fn forget_plain(&self, file: &Path) {
+        self.plain.lock().remove(file);
+    }
+
+    /// Files written in the mount that did not become images, with why.
+    pub fn plain_files(&self) -> Vec<(PathBuf, String)> {
+        self.plain
+            .lock()
+            .iter()
+            .map(|(f, why)| (f.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Whether the image served as `file_name` was made from a file written in the mount,
+    /// and if so whether it is still clean (the same bytes as that file).
+    pub fn written_state(&self, file_name: &OsStr) -> Option<bool> {
+        let name = Catalog::name_of(file_name)?;
+        if !self.written.lock().contains_key(name) {
+            return None;
+        }
+        self.state(name).ok().map(|s| s.is_clean())
+    }
+
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
         self.entries
             .write()
             .remove(name)
             .ok_or_else(|| CatalogError::UnknownName(name.to_string()))?;
+        self.written.lock().remove(name);
         self.notify(name);
         Ok(())
     }
@@ -421,10 +455,14 @@ impl Catalog {
     /// otherwise. Refused once the original's data were found unreadable: neither path would
     /// give a reader the data, and the reason is best told here.
     pub fn path(&self, name: &str) -> Result<PathBuf, CatalogError> {
+        let written = self.written.lock().get(name).cloned();
         self.with_fresh(name, |entry| {
             let Some(origin) = entry.image.origin() else {
                 return Ok(self.mount_path(name));
             };
+            if let Some(file) = written.filter(|_| entry.image.state().is_clean()) {
+                return Ok(file);
+            }
             if let Some(why) = origin.unreadable() {
                 return Err(CatalogError::Image {
                     name: name.to_string(),
@@ -476,12 +514,28 @@ impl Catalog {
             None => format!("{} in memory", header.flavor().name()),
         };
         let mut reasons = state.reason_texts();
+        let written = self.written.lock().get(name).cloned();
+        let mut state_text = state.to_string();
+        let mut origin = image.origin().map(|o| o.path().to_path_buf());
+        if let Some(file) = &written {
+            if state.is_clean() {
+                state_text = "written in the mount".to_string();
+            }
+            reasons.insert(
+                0,
+                format!(
+                    "written in the mount as {}; no original on disk",
+                    file.display()
+                ),
+            );
+            origin = None;
+        }
         if let Body::Broken(why) = &entry.version.body {
             reasons.push(format!("cannot be served: {why}"));
         }
         Summary {
             name: name.to_string(),
-            state: state.to_string(),
+            state: state_text,
             clean: state.is_clean(),
             reasons,
             format,
@@ -490,190 +544,72 @@ impl Catalog {
                 .datatype()
                 .map_or_else(|e| e, |d| d.name().to_string()),
             size: entry.version.size,
-            origin: image.origin().map(|o| o.path().to_path_buf()),
+            origin,
             served_as: match entry.version.body {
                 Body::Original(_) => "passthrough",
                 Body::Rendered(_) => "rendered",
                 Body::Broken(_) => "unavailable",
             },
-            path: self.mount_path(name),
+            path: match written {
+                Some(file) if state.is_clean() => file,
+                _ => self.mount_path(name),
+            },
         }
     }
 
-    /// Writes an image to disk in the format `out`'s name calls for.
-    pub fn save(&self, name: &str, out: &Path) -> Result<(), CatalogError> {
-        self.save_with_progress(name, out, &Silent)
-    }
-
-    /// [`Catalog::save`], telling `progress` how many of the data bytes are written.
-    pub fn save_with_progress(
+    /// Runs `f` on an image as it is now (to save it, say), without changing it.
+    pub fn with_image<R>(
         &self,
         name: &str,
-        out: &Path,
-        progress: &dyn Progress,
-    ) -> Result<(), CatalogError> {
+        f: impl FnOnce(&Image) -> R,
+    ) -> Result<R, CatalogError> {
         let entry = self.entry(name)?;
         let entry = entry.lock();
-        save_image_with_progress(&entry.image, out, progress).map_err(|source| {
-            CatalogError::Image {
-                name: name.to_string(),
-                source,
-            }
-        })
+        Ok(f(&entry.image))
     }
 
-    // ---- the filesystem side ----
+    // ---- what the kernel-facing tables ([`crate::vfs`]) ask ----
+
+    /// The file name's image and its current version, brought up to date.
+    pub fn current(&self, file_name: &OsStr) -> Option<Arc<Version>> {
+        let name = Catalog::name_of(file_name)?;
+        let entry = self.entry(name).ok()?;
+        let mut entry = entry.lock();
+        self.refresh(&mut entry);
+        Some(entry.version.clone())
+    }
 
     fn name_of(file_name: &OsStr) -> Option<&str> {
         file_name.to_str()?.strip_suffix(SUFFIX)
     }
 
-    pub fn lookup(&self, file_name: &OsStr) -> Result<Attr, FsError> {
-        let name = Catalog::name_of(file_name).ok_or(FsError::NotFound)?;
-        let entry = self.entry(name).map_err(|_| FsError::NotFound)?;
-        let mut entry = entry.lock();
-        self.refresh(&mut entry);
-        self.kernel_learned(&entry.version);
-        Ok(attr_of(&entry.version))
+    /// A fresh inode number, for a file that is not an image version (one written in the
+    /// mount): one counter keeps every inode of the mount distinct.
+    pub fn allocate_ino(&self) -> u64 {
+        self.next_ino.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn kernel_learned(&self, version: &Arc<Version>) {
-        self.kernel_refs
-            .lock()
-            .entry(version.ino)
-            .or_insert_with(|| (version.clone(), 0))
-            .1 += 1;
-    }
-
-    /// The kernel was handed a listed file's inode with its attributes (`readdirplus`): it now
-    /// holds one more lookup of it.
-    pub fn listed(&self, ino: u64) {
-        if let Some(version) = self.version(ino) {
-            self.kernel_learned(&version);
-        }
-    }
-
-    /// The kernel dropped `count` lookups of an inode; at none, the version may go.
-    pub fn forget(&self, ino: u64, count: u64) {
-        let mut refs = self.kernel_refs.lock();
-        if let Some((_, held)) = refs.get_mut(&ino) {
-            *held = held.saturating_sub(count);
-            if *held == 0 {
-                refs.remove(&ino);
-            }
-        }
-    }
-
-    /// How many versions the kernel still holds by inode (for tests and `stats`).
-    pub fn kernel_held_versions(&self) -> usize {
-        self.kernel_refs.lock().len()
-    }
-
-    fn version(&self, ino: u64) -> Option<Arc<Version>> {
+    /// The version with inode `ino`, while anything holds it.
+    pub fn version(&self, ino: u64) -> Option<Arc<Version>> {
         self.versions.lock().get(&ino).and_then(Weak::upgrade)
     }
 
-    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
-        if ino == ROOT_INO {
-            return Ok(Attr {
-                ino,
-                size: 0,
-                mtime: SystemTime::now(),
-                is_dir: true,
-            });
-        }
-        self.version(ino)
-            .map(|v| attr_of(&v))
-            .ok_or(FsError::NotFound)
-    }
-
-    /// Opens the directory: a snapshot of the listing (`.`, `..`, then each image's file with
-    /// its current version's attributes), which the reads of this handle page through.
-    pub fn opendir(&self) -> u64 {
-        let root = self.getattr(ROOT_INO).expect("the root always exists");
+    /// Each image's file name with its current version (not refreshed: a listing).
+    pub fn current_versions(&self) -> Vec<(String, Arc<Version>)> {
         let entries: Vec<(String, Arc<Mutex<Entry>>)> = self
             .entries
             .read()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let mut files = vec![(".".to_string(), root), ("..".to_string(), root)];
-        let mut versions = Vec::with_capacity(entries.len());
-        for (name, entry) in entries {
-            let version = entry.lock().version.clone();
-            files.push((format!("{name}{SUFFIX}"), attr_of(&version)));
-            versions.push(version);
-        }
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.listings.lock().insert(
-            fh,
-            Arc::new(Listing {
-                files,
-                _versions: versions,
-            }),
-        );
-        fh
-    }
-
-    /// The listing of an open directory handle.
-    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>, FsError> {
-        self.listings.lock().get(&fh).cloned().ok_or(FsError::Stale)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.listings.lock().remove(&fh);
-    }
-
-    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let version = self.version(ino).ok_or(FsError::Stale)?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let opened = match &version.body {
-            Body::Original(source) => {
-                // The file may have changed since lookup; a passthrough open would serve it.
-                if let Err(e) = source.check_unchanged() {
-                    log::warn!("refusing a stale passthrough open: {e}");
-                    return Err(FsError::Stale);
-                }
-                self.stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
-                Opened::Passthrough {
-                    fh,
-                    source: source.clone(),
-                }
-            }
-            _ => {
-                self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
-                Opened::Rendered { fh }
-            }
-        };
-        self.handles.write().insert(fh, version);
-        Ok(opened)
-    }
-
-    /// Called when passthrough could not be set up: reads of this handle come here instead.
-    pub fn passthrough_refused(&self) {
-        self.stats.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
-        self.stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
-        let version = self
-            .handles
-            .read()
-            .get(&fh)
-            .cloned()
-            .ok_or(FsError::Stale)?;
-        let counter = if version.is_passthrough() {
-            &self.stats.forwarded_reads
-        } else {
-            &self.stats.rendered_reads
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        crate::fault::panic_if_asked(|| self.name_of_version(version.ino));
-        version.read(offset, size)
+        entries
+            .into_iter()
+            .map(|(name, entry)| (format!("{name}{SUFFIX}"), entry.lock().version.clone()))
+            .collect()
     }
 
     /// The image whose current version has inode `ino` (a slow scan: for the test-only panic).
-    fn name_of_version(&self, ino: u64) -> Option<String> {
+    pub fn name_of_version(&self, ino: u64) -> Option<String> {
         self.entries
             .read()
             .iter()
@@ -681,126 +617,18 @@ impl Catalog {
             .map(|(name, _)| name.clone())
     }
 
-    pub fn release(&self, fh: u64) {
-        self.handles.write().remove(&fh);
+    /// How many versions the kernel still holds by inode (for tests and `stats`).
+    pub fn kernel_held_versions(&self) -> usize {
+        self.stats.kernel_held_versions.load(Ordering::Relaxed) as usize
     }
 }
 
-fn attr_of(version: &Version) -> Attr {
+pub fn attr_of(version: &Version) -> Attr {
     Attr {
         ino: version.ino,
         size: version.size,
         mtime: version.mtime,
         is_dir: false,
-    }
-}
-
-/// Writes an image to `out`: NIfTI-2 stays NIfTI-2, Analyze stays Analyze in a pair, the rest
-/// is NIfTI-1.
-pub fn save_image(image: &Image, out: &Path) -> Result<(), ImageError> {
-    save_image_with_progress(image, out, &Silent)
-}
-
-/// [`save_image`], telling `progress` how many of the data bytes are written.
-pub fn save_image_with_progress(
-    image: &Image,
-    out: &Path,
-    progress: &dyn Progress,
-) -> Result<(), ImageError> {
-    let map = format::FileMap::from_path(out)?;
-    let source_flavor = image.header().flavor();
-    let flavor = match (map.is_single(), source_flavor) {
-        (_, Flavor::Nifti2) => Flavor::Nifti2,
-        (false, Flavor::Analyze) => Flavor::Analyze,
-        _ => Flavor::Nifti1,
-    };
-    let rendering = Rendering::of(image).map_err(ImageError::DataUnavailable)?;
-    let header = image.header_as(flavor);
-    let data_len = rendering.size() - rendering.prefix().len() as u64;
-    let mut write = |w: &mut dyn std::io::Write| {
-        let mut counting = Counting::new(w, data_len, progress);
-        rendering.write_data_to(&mut counting)?;
-        counting.finish();
-        Ok(())
-    };
-    format::io::save(
-        out,
-        format::io::ImageToSave {
-            header: &header,
-            extensions: image.extensions(),
-            affine: Some(image.affine()),
-            write_data: &mut write,
-        },
-    )?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::format::{ByteOrder, Header, affine};
-    use crate::image::VoxelBuffer;
-
-    fn catalog_with(name: &str) -> Catalog {
-        let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
-        let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
-        let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
-        let catalog = Catalog::new(PathBuf::from("/nowhere"));
-        catalog.insert(name, image).unwrap();
-        catalog
-    }
-
-    fn descrip_of(catalog: &Catalog, fh: u64) -> String {
-        let bytes = catalog.read(fh, 0, 348).unwrap();
-        Header::parse(&bytes).unwrap().descrip()
-    }
-
-    #[test]
-    fn a_looked_up_version_stays_openable_after_an_edit_until_the_kernel_forgets_it() {
-        let catalog = catalog_with("a");
-        let old = catalog.lookup(OsStr::new("a.nii")).unwrap();
-        catalog
-            .edit("a", |img| img.set_field("descrip", "new"))
-            .unwrap();
-        let new = catalog.lookup(OsStr::new("a.nii")).unwrap();
-        assert_ne!(old.ino, new.ino);
-        assert_eq!(catalog.kernel_held_versions(), 2);
-
-        let Opened::Rendered { fh } = catalog.open(old.ino).unwrap() else {
-            panic!("an in-memory image is rendered");
-        };
-        assert_eq!(descrip_of(&catalog, fh), "");
-        catalog.release(fh);
-
-        catalog.forget(old.ino, 1);
-        assert_eq!(catalog.open(old.ino).unwrap_err(), FsError::Stale);
-        assert_eq!(catalog.kernel_held_versions(), 1);
-        let Opened::Rendered { fh } = catalog.open(new.ino).unwrap() else {
-            panic!("an in-memory image is rendered");
-        };
-        assert_eq!(descrip_of(&catalog, fh), "new");
-    }
-
-    #[test]
-    fn lookups_are_counted_and_forgotten_together() {
-        let catalog = catalog_with("a");
-        let fh = catalog.opendir();
-        let ino = catalog.listing(fh).unwrap().files[2].1.ino;
-        catalog.listed(ino);
-        catalog.releasedir(fh);
-        catalog.lookup(OsStr::new("a.nii")).unwrap();
-        catalog
-            .edit("a", |img| img.set_field("descrip", "x"))
-            .unwrap();
-        catalog.forget(ino, 1);
-        let opened = catalog.open(ino).expect("one lookup is still held");
-        let Opened::Rendered { fh } = opened else {
-            panic!("an in-memory image is rendered");
-        };
-        catalog.release(fh);
-        catalog.forget(ino, 1);
-        assert_eq!(catalog.open(ino).unwrap_err(), FsError::Stale);
-        catalog.forget(ino, 5);
-        assert_eq!(catalog.kernel_held_versions(), 0);
+        writable: false,
     }
 }

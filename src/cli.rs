@@ -8,13 +8,14 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
-use crate::catalog::{name_from_path, save_image, save_image_with_progress};
+use crate::catalog::name_from_path;
 use crate::control::client::Client;
 use crate::control::protocol::Request;
 use crate::control::{self, resolve_mount_dir};
 use crate::format::{self, LoadedFile};
 use crate::image::Image;
 use crate::mount::{self, Mount, MountOptions};
+use crate::render::{save_image, save_image_with_progress};
 
 const RECIPE: &str = "\
 Recipe:
@@ -91,8 +92,8 @@ enum Verb {
         /// Stay in the foreground, logging to stderr; SIGINT or SIGTERM unmounts.
         #[arg(short = 'f', long)]
         foreground: bool,
-        /// Mount options, comma-separated: allow_other, ro (always on: the mount is
-        /// read-only), debug (as -d), no_passthrough.
+        /// Mount options, comma-separated: allow_other, ro (as --read-only), rw (the
+        /// default), debug (as -d), no_passthrough.
         #[arg(short = 'o', value_name = "OPT[,OPT...]", value_delimiter = ',')]
         options: Vec<String>,
         /// Let other users read the mount (needs user_allow_other in /etc/fuse.conf unless
@@ -105,6 +106,8 @@ enum Verb {
         /// MiB of decompressed gzip data kept for all compressed originals (default 32).
         #[arg(long, value_name = "MIB")]
         gzip_cache_mib: Option<u64>,
+        #[command(flatten)]
+        writing: Writing,
         /// Log at debug level and stay in the foreground (as -f), like other FUSE
         /// filesystems' -d.
         #[arg(short = 'd', long)]
@@ -236,10 +239,50 @@ enum Verb {
         /// An image to load first, NAME=PATH or PATH (repeatable).
         #[arg(long = "add", value_name = "NAME=PATH")]
         add: Vec<String>,
+        #[command(flatten)]
+        writing: Writing,
         /// The command and its arguments, after `--`.
         #[arg(required = true, last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+/// Whether users may write files into the mount, and how much.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Writing {
+    /// Refuse every write: no file can be created in the mount.
+    #[arg(long)]
+    read_only: bool,
+    /// The most memory files written in the mount may hold (bytes, or with K, M, G, T:
+    /// powers of 1024); past it a write fails with ENOSPC. Default: half the machine's RAM.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+}
+
+/// A size such as `512M`: a whole number with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{text:?}: the suffix must be K, M, G or T")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4096, 512M or 2G"))?;
+    match n.checked_mul(1u64 << shift) {
+        Some(0) => Err(format!("{text:?}: the limit must be more than 0")),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text:?} is too large")),
+    }
 }
 
 /// The mount options `-o` takes, each as a flag of its own would set it.
@@ -248,6 +291,7 @@ struct MountFlags {
     allow_other: bool,
     no_passthrough: bool,
     debug: bool,
+    read_only: bool,
 }
 
 /// Parses `-o` options; an unknown one is refused by name with the list of known ones.
@@ -258,11 +302,11 @@ fn parse_mount_options(options: &[String]) -> Result<MountFlags> {
             "allow_other" => flags.allow_other = true,
             "no_passthrough" => flags.no_passthrough = true,
             "debug" => flags.debug = true,
-            // The mount is always read-only; `ro` is accepted as other FUSE tools take it.
-            "ro" => {}
-            "rw" => bail!("mount option 'rw': imgfs mounts are read-only"),
+            "ro" => flags.read_only = true,
+            "rw" => flags.read_only = false,
             other => bail!(
-                "unknown mount option '{other}' (known: allow_other, ro, debug, no_passthrough)"
+                "unknown mount option '{other}' (known: allow_other, ro, rw, debug, \
+                 no_passthrough)"
             ),
         }
     }
@@ -404,6 +448,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
             allow_other,
             no_passthrough,
             gzip_cache_mib,
+            writing,
             debug,
             log_file,
             timeout,
@@ -424,6 +469,8 @@ fn run(verb: Verb) -> Result<ExitCode> {
                             .context("--gzip-cache-mib is too large")
                     })
                     .transpose()?,
+                read_only: writing.read_only || flags.read_only,
+                max_memory: writing.max_memory.unwrap_or(0),
             };
             let debug = debug || flags.debug;
             if foreground || debug || daemon_ready {
@@ -505,6 +552,13 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 print_json(&reply["images"]);
             } else {
                 print_ls(&reply["images"]);
+                for plain in reply["plain"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: not an image, a plain file: {}",
+                        plain["path"].as_str().unwrap_or_default(),
+                        plain["why"].as_str().unwrap_or_default()
+                    );
+                }
             }
         }
         Verb::Show { name, mount } => {
@@ -602,7 +656,11 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 }
             }
         }
-        Verb::Run { add, command } => return run_command(&add, &command),
+        Verb::Run {
+            add,
+            writing,
+            command,
+        } => return run_command(&add, writing, &command),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -726,6 +784,12 @@ fn spawn_daemon(
     if options.no_passthrough {
         cmd.arg("--no-passthrough");
     }
+    if options.read_only {
+        cmd.arg("--read-only");
+    }
+    if options.max_memory > 0 {
+        cmd.arg(format!("--max-memory={}", options.max_memory));
+    }
     if let Some(path) = log_file {
         cmd.arg("--log-file").arg(std::path::absolute(path)?);
     }
@@ -847,7 +911,7 @@ fn unmount(dir: Option<&Path>) -> Result<()> {
 const EXIT_NOT_FOUND: u8 = 127;
 const EXIT_NOT_EXECUTABLE: u8 = 126;
 
-fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
+fn run_command(add: &[String], writing: Writing, command: &[String]) -> Result<ExitCode> {
     let dir = control::control_dir()?.join(format!("run-{}", std::process::id()));
     // Removed last, whatever happens after this point: the mount below is dropped first.
     let _dir_guard = RemoveDir(dir.clone());
@@ -855,6 +919,8 @@ fn run_command(add: &[String], command: &[String]) -> Result<ExitCode> {
         &dir,
         &MountOptions {
             control: true,
+            read_only: writing.read_only,
+            max_memory: writing.max_memory.unwrap_or(0),
             ..MountOptions::default()
         },
     )

@@ -1,4 +1,4 @@
-//! The FUSE adapter: translates kernel requests into [`Catalog`] calls and their results into
+//! The FUSE adapter: translates kernel requests into [`Vfs`] calls and their results into
 //! replies. Nothing else lives here; the only state it keeps is the kernel's own resource, the
 //! passthrough backing ids.
 
@@ -12,15 +12,17 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BackingId, Config, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     Filesystem, FopenFlags, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier,
-    OpenFlags, PollEvents, PollFlags, PollNotifier, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyPoll,
-    ReplyWrite, ReplyXattr, Request, Session, SessionACL,
+    OpenFlags, PollEvents, PollFlags, PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 use parking_lot::Mutex;
 
-use crate::catalog::{Attr, Catalog, FsError, Invalidate, Opened, ROOT_INO};
+use crate::catalog::{Attr, Catalog, FsError, Invalidate, ROOT_INO};
 use crate::fusermount::Watcher;
 use crate::image::FileSource;
+use crate::vfs::{Opened, Vfs};
 
 /// How long the kernel may cache a name or attributes; changes are also invalidated at once.
 const TTL: Duration = Duration::from_secs(1);
@@ -37,6 +39,10 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Never use kernel passthrough: clean files are served by forwarding reads.
     pub no_passthrough: bool,
+    /// Refuse every write (today's behaviour before writing existed).
+    pub read_only: bool,
+    /// Bytes that files written in the mount may hold together (0: half the machine's RAM).
+    pub max_memory: u64,
 }
 
 /// Backing files registered with the kernel, one per inode while any handle is open.
@@ -51,7 +57,7 @@ struct Backing {
 }
 
 pub struct ImageFs {
-    catalog: Arc<Catalog>,
+    vfs: Vfs,
     allow_passthrough: bool,
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
@@ -61,8 +67,12 @@ pub struct ImageFs {
 
 impl ImageFs {
     pub fn new(catalog: Arc<Catalog>, allow_passthrough: bool) -> ImageFs {
+        ImageFs::with_vfs(Vfs::new(catalog), allow_passthrough)
+    }
+
+    pub fn with_vfs(vfs: Vfs, allow_passthrough: bool) -> ImageFs {
         ImageFs {
-            catalog,
+            vfs,
             allow_passthrough,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(Backing::default()),
@@ -74,10 +84,11 @@ impl ImageFs {
     }
 
     fn file_attr(&self, attr: &Attr) -> FileAttr {
-        let (kind, perm, nlink) = if attr.is_dir {
-            (FileType::Directory, 0o555, 2)
-        } else {
-            (FileType::RegularFile, 0o444, 1)
+        let (kind, perm, nlink) = match (attr.is_dir, attr.writable) {
+            (true, false) => (FileType::Directory, 0o555, 2),
+            (true, true) => (FileType::Directory, 0o755, 2),
+            (false, false) => (FileType::RegularFile, 0o444, 1),
+            (false, true) => (FileType::RegularFile, 0o644, 1),
         };
         FileAttr {
             ino: INodeNo(attr.ino),
@@ -135,7 +146,7 @@ impl ImageFs {
     }
 }
 
-/// Runs one catalog call for a kernel request. A panic in it fails this request alone with
+/// Runs one call of the kernel-free side for a kernel request. A panic in it fails this request alone with
 /// EIO and is logged; uncaught, it would end a FUSE worker thread, and after a few of those the
 /// whole mount. The catalog's locks do not poison (parking_lot), so other requests go on.
 fn caught<T>(op: &str, call: impl FnOnce() -> Result<T, FsError>) -> Result<T, Errno> {
@@ -177,10 +188,7 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 != ROOT_INO {
-            return reply.error(Errno::ENOENT);
-        }
-        match caught("lookup", || self.catalog.lookup(name)) {
+        match caught("lookup", || self.vfs.lookup(parent.0, name)) {
             Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
             Err(e) => reply.error(e),
         }
@@ -188,13 +196,13 @@ impl Filesystem for ImageFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _ = caught("forget", || {
-            self.catalog.forget(ino.0, nlookup);
+            self.vfs.forget(ino.0, nlookup);
             Ok(())
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match caught("getattr", || self.catalog.getattr(ino.0)) {
+        match caught("getattr", || self.vfs.getattr(ino.0)) {
             Ok(attr) if attr.is_dir => reply.attr(&ROOT_TTL, &self.file_attr(&attr)),
             Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
             Err(e) => reply.error(e),
@@ -202,25 +210,158 @@ impl Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match caught("open", || self.catalog.open(ino.0)) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match caught("open", || self.vfs.open(ino.0, write)) {
             Ok(Opened::Passthrough { fh, source }) => {
                 if self.passthrough.load(Ordering::Relaxed)
                     && let Some(id) = self.open_passthrough(ino.0, fh, &source, &reply)
                 {
                     return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
-                self.catalog.passthrough_refused();
+                self.vfs.passthrough_refused();
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             // A version never changes, so the kernel's cached pages stay valid across opens.
             Ok(Opened::Rendered { fh }) => {
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
+            // Every change to a written file comes through the kernel, so its cached pages are
+            // always current: keep them across opens (a read-back then needs no daemon). Not
+            // direct_io, so that shared writable mappings (MRtrix3 writes through one) work.
+            Ok(Opened::Written { fh }) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let exclusive = flags & libc::O_EXCL != 0;
+        match caught("create", || self.vfs.create(parent.0, name, exclusive)) {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &self.file_attr(&attr),
+                fuser::Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match caught("write", || self.vfs.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => std::time::SystemTime::now(),
+        });
+        match caught("setattr", || self.vfs.setattr(ino.0, size, mtime)) {
+            Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match caught("mkdir", || self.vfs.mkdir(parent.0, name)) {
+            Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), fuser::Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match caught("unlink", || self.vfs.unlink(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match caught("rmdir", || self.vfs.rmdir(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            return reply.error(Errno::EINVAL);
+        }
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        match caught("rename", || {
+            self.vfs
+                .rename(parent.0, name, newparent.0, newname, no_replace)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        const BLOCK: u64 = 4096;
+        let (used, limit) = self.vfs.usage().unwrap_or((0, 0));
+        let blocks = limit / BLOCK;
+        let free = limit.saturating_sub(used) / BLOCK;
+        reply.statfs(blocks, free, free, 0, 0, BLOCK as u32, 255, BLOCK as u32);
     }
 
     fn read(
@@ -235,7 +376,7 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         let read = caught("read", || {
-            self.catalog
+            self.vfs
                 .read(fh.0, offset, size as usize)
                 .inspect_err(|e| log::warn!("read of handle {} failed: {e}", fh.0))
         });
@@ -256,7 +397,7 @@ impl Filesystem for ImageFs {
         reply: ReplyEmpty,
     ) {
         let _ = caught("release", || {
-            self.catalog.release(fh.0);
+            self.vfs.release(fh.0);
             Ok(())
         });
         self.backing.lock().by_fh.remove(&fh.0);
@@ -264,10 +405,7 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 != ROOT_INO {
-            return reply.error(Errno::ENOTDIR);
-        }
-        match caught("opendir", || Ok(self.catalog.opendir())) {
+        match caught("opendir", || self.vfs.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -281,7 +419,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
+        let listing = match caught("readdir", || self.vfs.listing(fh.0)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
@@ -302,7 +440,7 @@ impl Filesystem for ImageFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match caught("readdir", || self.catalog.listing(fh.0)) {
+        let listing = match caught("readdir", || self.vfs.listing(fh.0)) {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
@@ -319,9 +457,9 @@ impl Filesystem for ImageFs {
                 break;
             }
             // The kernel counts a lookup for every entry but `.` and `..`.
-            if !attr.is_dir {
+            if name != "." && name != ".." {
                 let _ = caught("readdirplus", || {
-                    self.catalog.listed(attr.ino);
+                    self.vfs.listed(attr.ino);
                     Ok(())
                 });
             }
@@ -338,17 +476,21 @@ impl Filesystem for ImageFs {
         reply: ReplyEmpty,
     ) {
         let _ = caught("releasedir", || {
-            self.catalog.releasedir(fh.0);
+            self.vfs.releasedir(fh.0);
             Ok(())
         });
         reply.ok();
     }
 
     // Requests that ordinary use sends (every close, `ls -l`, Python's isatty check, `cp`'s
-    // SEEK_DATA), answered here so that fuser does not log each as "Not Implemented". The
-    // mount is read-only, so the kernel refuses every write-side request before it comes.
+    // SEEK_DATA), answered here so that fuser does not log each as "Not Implemented". Written
+    // files are in memory already: as on tmpfs, there is nothing to flush or sync.
 
-    fn flush(&self, _: &Request, _: INodeNo, _: FileHandle, _: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _: &Request, _: INodeNo, fh: FileHandle, _: LockOwner, reply: ReplyEmpty) {
+        let _ = caught("flush", || {
+            self.vfs.flush(fh.0);
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -373,9 +515,11 @@ impl Filesystem for ImageFs {
         }
     }
 
-    /// Files are readable, never executable; writes never reach here on a read-only mount.
+    /// Files are readable, never executable; directories (the root, written ones) can be
+    /// entered. Whether a file can be written is the open's to say.
     fn access(&self, _: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        if ino.0 != ROOT_INO && mask.contains(AccessFlags::X_OK) {
+        let is_dir = || self.vfs.getattr(ino.0).is_ok_and(|a| a.is_dir);
+        if mask.contains(AccessFlags::X_OK) && !is_dir() {
             reply.error(Errno::from_i32(libc::EACCES));
         } else {
             reply.ok();
@@ -460,7 +604,7 @@ pub fn mount(
     settings: &MountSettings,
 ) -> std::io::Result<(Session<ImageFs>, Watcher)> {
     let mut options = vec![
-        "ro",
+        if settings.read_only { "ro" } else { "rw" },
         "nosuid",
         "nodev",
         "noatime",
@@ -479,8 +623,17 @@ pub fn mount(
     config.acl = acl;
     config.n_threads = Some(4);
     config.clone_fd = true;
+    let vfs = if settings.read_only {
+        Vfs::new(catalog.clone())
+    } else {
+        let limit = match settings.max_memory {
+            0 => half_of_ram(),
+            n => n,
+        };
+        Vfs::with_writing(catalog.clone(), Some(crate::written::Budget::new(limit)))
+    };
     let session = Session::from_fd(
-        ImageFs::new(catalog.clone(), !settings.no_passthrough),
+        ImageFs::with_vfs(vfs, !settings.no_passthrough),
         device,
         acl,
         config,
@@ -490,6 +643,19 @@ pub fn mount(
         notifier: session.notifier(),
     }));
     Ok((session, watcher))
+}
+
+/// The default limit on written files: half the machine's RAM, as tmpfs takes by default.
+fn half_of_ram() -> u64 {
+    // SAFETY: sysinfo fills the struct it is given and touches no other memory.
+    let info = unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return 1 << 30;
+        }
+        info
+    };
+    (info.totalram as u64).saturating_mul(info.mem_unit as u64) / 2
 }
 
 /// Raises the mount's readahead window (the kernel's default for FUSE is 128 KiB), so that

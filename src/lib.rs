@@ -3,8 +3,10 @@
 //! Data flows one way: [`format`] decodes files into headers and voxel bytes, [`image`] holds
 //! them and knows whether they still match their original, [`render`] lays an image out as a
 //! single-file NIfTI by byte range, [`catalog`] keeps the named images and their served
-//! versions, [`fuse`] translates kernel requests onto the catalog, and [`control`] lets other
-//! processes drive it; [`progress`] carries how far a long operation has got. [`mount`] puts these together as the Rust API and the daemon, and
+//! versions, [`vfs`] keeps what the kernel was told (inodes, handles, listings), [`fuse`]
+//! translates kernel requests onto it, and [`control`] lets other processes drive it;
+//! [`progress`] carries how far a long operation has got. [`mount`] puts these together as the
+//! Rust API and the daemon, and
 //! [`cli`] is the command line.
 
 pub mod catalog;
@@ -19,3 +21,5 @@ pub mod mount;
 pub mod mountinfo;
 pub mod progress;
 pub mod render;
+pub mod vfs;
+pub mod written;

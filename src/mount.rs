@@ -23,6 +23,10 @@ pub struct MountOptions {
     /// The budget of decompressed gzip segments kept for all the mount's compressed originals
     /// (default [`crate::catalog::DEFAULT_GZIP_CACHE`]).
     pub gzip_cache_bytes: Option<u64>,
+    /// Refuse writes: no file can be created in the mount.
+    pub read_only: bool,
+    /// Bytes that files written in the mount may hold together; 0 means half the RAM.
+    pub max_memory: u64,
 }
 
 /// A mount owned by this program: images inserted here appear as files in `dir` until the
@@ -129,6 +133,8 @@ fn settings(options: &MountOptions) -> MountSettings {
     MountSettings {
         allow_other: options.allow_other,
         no_passthrough: options.no_passthrough,
+        read_only: options.read_only,
+        max_memory: options.max_memory,
     }
 }
 

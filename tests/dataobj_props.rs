@@ -3,7 +3,7 @@
 //! type, any byte range read equals the same slice of the whole, and any byte range of a
 //! rendered file equals that slice of the whole rendered file.
 
-use imgfs::catalog::save_image;
+use imgfs::render::save_image;
 use imgfs::format::dtype::ALL;
 use imgfs::format::{ByteOrder, DataType, Flavor, Header, affine};
 use imgfs::image::{Image, VoxelBuffer};

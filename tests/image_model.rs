@@ -4,9 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use imgfs::catalog::save_image;
 use imgfs::format::{ByteOrder, DataType, Extension, Flavor, Header, affine};
 use imgfs::image::{Image, LARGE_EXTENSION, Reason, VoxelBuffer};
+use imgfs::render::save_image;
 
 fn saved(dir: &Path, name: &str, extensions: Vec<Extension>) -> PathBuf {
     let values: Vec<i16> = (0..60).map(|i| i * 3 - 20).collect();

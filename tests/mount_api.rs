@@ -6,10 +6,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use imgfs::catalog::save_image;
 use imgfs::format::{ByteOrder, Flavor, Header, affine};
 use imgfs::image::{Image, VoxelBuffer};
 use imgfs::mount::Mount;
+use imgfs::render::save_image;
 use parking_lot::Mutex;
 
 /// A float32 image on disk with known values, and the bytes of that file.

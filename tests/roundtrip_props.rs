@@ -1,10 +1,10 @@
 //! Property tests: random shapes, data types, byte orders, layouts and extensions survive a
 //! write and a read, byte for byte.
 
-use imgfs::catalog::save_image;
 use imgfs::format::dtype::ALL;
 use imgfs::format::{ByteOrder, Extension, Flavor, Header, affine};
 use imgfs::image::{Image, VoxelBuffer};
+use imgfs::render::save_image;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]

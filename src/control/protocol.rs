@@ -158,6 +158,16 @@ pub struct Pong {
 #[derive(Clone, Debug, Serialize)]
 pub struct Images {
     pub images: Vec<Summary>,
+    /// Files written in the mount with an image's name that did not become images.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plain: Vec<PlainFile>,
+}
+
+/// A file written in the mount that stays a plain file, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlainFile {
+    pub path: std::path::PathBuf,
+    pub why: String,
 }
 
 /// An extension as `show` and `info` describe it: its code and its size on disk.

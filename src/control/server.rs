@@ -16,13 +16,14 @@ use serde_json::Value;
 
 use super::fdpass;
 use super::protocol::{
-    Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, Pong,
-    ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
+    Counters, Done, ErrorKind, ExtensionInfo, Failure, FieldChange, Images, PathAnswer, PlainFile,
+    Pong, ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
 };
 use crate::catalog::{Catalog, CatalogError};
 use crate::format::{DataType, Extension, Header};
 use crate::image::{Image, ImageError, VoxelBuffer};
 use crate::progress::{Progress, Silent};
+use crate::render::save_image_with_progress;
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
@@ -311,6 +312,11 @@ fn handle(
         }
         Request::Ls {} => to_value(Images {
             images: catalog.list(),
+            plain: catalog
+                .plain_files()
+                .into_iter()
+                .map(|(path, why)| PlainFile { path, why })
+                .collect(),
         }),
         Request::Show { name } => to_value(show(catalog, &name)?),
         Request::Set {
@@ -372,7 +378,15 @@ fn handle(
             let report = progress_lines(stream);
             let progress: &dyn Progress = if progress { &report } else { &Silent };
             catalog
-                .save_with_progress(&name, &out, progress)
+                .with_image(&name, |image| {
+                    save_image_with_progress(image, &out, progress)
+                })
+                .and_then(|saved| {
+                    saved.map_err(|source| CatalogError::Image {
+                        name: name.clone(),
+                        source,
+                    })
+                })
                 .map_err(|e| save_failure(e, &out))?;
             to_value(PathAnswer { path: out })
         }

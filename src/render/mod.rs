@@ -14,6 +14,9 @@ use crate::format::{ByteOrder, Flavor};
 use crate::image::data::swap_in_place;
 use crate::image::{DataObj, Image, VoxelBuffer};
 
+pub mod save;
+pub use save::{save_image, save_image_with_progress};
+
 /// Bytes of a rendered file: copied, a range of voxel data shared with the image, or a range
 /// of the mapped original for the kernel to copy (see [`crate::image::FileSource::mapping`]: meant for a
 /// reply, not for reading here).

@@ -238,7 +238,7 @@ def test_an_unknown_mount_option_is_refused_by_name(tmp_path):
     proc = imgfs("mount", "-o", "allow_other,bogus", path)
     assert proc.returncode != 0
     assert "unknown mount option 'bogus'" in proc.stderr, proc.stderr
-    assert "allow_other, ro, debug, no_passthrough" in proc.stderr, proc.stderr
+    assert "allow_other, ro, rw, debug, no_passthrough" in proc.stderr, proc.stderr
     assert path not in mount_points()
 
 

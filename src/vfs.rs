@@ -1,0 +1,794 @@
+//! The kernel-facing tables: which versions the kernel holds by inode, its open file handles and
+//! directory listings.
+//!
+//! This is the filesystem without the kernel: it answers lookups, opens and reads in plain
+//! types over the [`Catalog`], and the FUSE adapter only translates. The catalog decides what
+//! each name is; this module remembers what the kernel was told, so that an inode it learned
+//! stays openable until it forgets it, whatever the catalog did since.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::{Attr, Body, Catalog, FsError, ROOT_INO, Version, attr_of};
+use crate::image::FileSource;
+use crate::render::Chunk;
+use crate::written::{Budget, Node, Tree, WriteError, WrittenFile};
+
+/// What an open file handle reads from.
+enum Handle {
+    Version(Arc<Version>),
+    /// A written file, with its change count when opened or last flushed: a handle that
+    /// changed it makes it an image when closed (flush, which close(2) waits for) or released,
+    /// if it has an image's name.
+    Written(Arc<WrittenFile>, AtomicU64),
+}
+
+/// The suffixes of image files: a written file so named becomes an image when closed.
+const IMAGE_SUFFIXES: [&str; 6] = [".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz"];
+
+/// Where the daemon shows itself its written files under their names, for the image loader,
+/// which knows a file's format by its name: a private directory of links to the memfds, and
+/// the memfds each image was made from (their descriptors must stay open for the links).
+struct Links {
+    dir: tempfile::TempDir,
+    next: u64,
+    /// Per image, the memfds of its current and its previous version: a compressed image
+    /// reads its file again when first read, and a reader of the previous version may still
+    /// be at its start.
+    held: HashMap<String, [Vec<Arc<std::fs::File>>; 2]>,
+}
+
+/// The other file of a pair (`x.hdr` for `x.img`, keeping `.gz`), or None for a `.nii`.
+fn pair_partner(name: &str) -> Option<String> {
+    let (base, gz) = match name.strip_suffix(".gz") {
+        Some(base) => (base, ".gz"),
+        None => (name, ""),
+    };
+    if let Some(stem) = base.strip_suffix(".hdr") {
+        Some(format!("{stem}.img{gz}"))
+    } else {
+        base.strip_suffix(".img")
+            .map(|stem| format!("{stem}.hdr{gz}"))
+    }
+}
+
+/// A directory listing: file names with their attributes, and the versions they name, kept
+/// alive while the listing is paged through so that every inode it hands out can be opened.
+pub struct Listing {
+    pub files: Vec<(String, Attr)>,
+    _versions: Vec<Arc<Version>>,
+    _written: Vec<Node>,
+}
+
+/// How an open file is to be served.
+#[derive(Debug)]
+pub enum Opened {
+    /// Hand the kernel this file: reads go to it directly (FUSE passthrough).
+    Passthrough { fh: u64, source: Arc<FileSource> },
+    /// Reads come to [`Vfs::read`].
+    Rendered { fh: u64 },
+    /// A file written in the mount: reads and writes come to [`Vfs::read`] and [`Vfs::write`].
+    Written { fh: u64 },
+}
+
+/// The kernel's view of one mount.
+pub struct Vfs {
+    catalog: Arc<Catalog>,
+    /// The versions the kernel knows by inode, with its lookup count for each. A version stays
+    /// openable until the kernel forgets it: a name looked up just before an edit still names
+    /// the version it was looked up as, and opening it reads that whole version.
+    kernel_refs: Mutex<HashMap<u64, (Arc<Version>, u64)>>,
+    handles: RwLock<HashMap<u64, Handle>>,
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_fh: AtomicU64,
+    /// Files and directories written in the mount; None on a read-only mount.
+    tree: Option<Mutex<Tree>>,
+    /// The written nodes the kernel knows by inode, with its lookup count for each: an
+    /// unlinked file stays readable through the inode while the kernel holds it.
+    written_refs: Mutex<HashMap<u64, (Node, u64)>>,
+    links: Mutex<Option<Links>>,
+}
+
+impl Vfs {
+    /// A read-only view of the catalog.
+    pub fn new(catalog: Arc<Catalog>) -> Vfs {
+        Vfs::with_writing(catalog, None)
+    }
+
+    /// A view of the catalog where, with a budget, the user may also write files and
+    /// directories, holding at most the budget's limit of bytes.
+    pub fn with_writing(catalog: Arc<Catalog>, budget: Option<Arc<Budget>>) -> Vfs {
+        Vfs {
+            catalog,
+            kernel_refs: Mutex::new(HashMap::new()),
+            handles: RwLock::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            tree: budget.map(|b| Mutex::new(Tree::new(ROOT_INO, b))),
+            written_refs: Mutex::new(HashMap::new()),
+            links: Mutex::new(None),
+        }
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.tree.is_some()
+    }
+
+    /// Bytes held by written files and the limit on them (statfs), if writable.
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        let tree = self.tree.as_ref()?.lock();
+        Some((tree.budget.used(), tree.budget.limit))
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn lookup(&self, parent: u64, file_name: &OsStr) -> Result<Attr, FsError> {
+        if let Some(node) = self.written_node(parent, file_name)?
+            && !self.image_shadows(parent, file_name)
+        {
+            return Ok(self.written_learned(node));
+        }
+        if parent != ROOT_INO {
+            return Err(FsError::NotFound);
+        }
+        let version = self.catalog.current(file_name).ok_or(FsError::NotFound)?;
+        self.kernel_learned(&version);
+        Ok(attr_of(&version))
+    }
+
+    /// Whether, in the root, the image served as `file_name` hides the written file of that
+    /// name: it does once the image made from that file was edited (it is no longer the
+    /// file's bytes); until then both are the same bytes and the written file is shown.
+    fn image_shadows(&self, parent: u64, file_name: &OsStr) -> bool {
+        parent == ROOT_INO && self.catalog.written_state(file_name) == Some(false)
+    }
+
+    /// The written node `name` in `parent`, if the mount is writable and has one.
+    fn written_node(&self, parent: u64, name: &OsStr) -> Result<Option<Node>, FsError> {
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        match tree.lock().lookup(parent, name) {
+            Ok(node) => Ok(Some(node)),
+            Err(WriteError::NotFound) => Ok(None),
+            Err(WriteError::NotDir) if parent == ROOT_INO => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn written_learned(&self, node: Node) -> Attr {
+        let attr = self.written_attr(&node);
+        self.written_refs
+            .lock()
+            .entry(node.ino())
+            .or_insert_with(|| (node, 0))
+            .1 += 1;
+        attr
+    }
+
+    fn written_attr(&self, node: &Node) -> Attr {
+        match node {
+            Node::File(f) => Attr {
+                ino: f.ino,
+                size: f.len(),
+                mtime: f.mtime(),
+                is_dir: false,
+                writable: true,
+            },
+            Node::Dir(ino) => {
+                let mtime = self
+                    .tree
+                    .as_ref()
+                    .and_then(|t| t.lock().dir(*ino).ok().and_then(|d| d.mtime));
+                Attr {
+                    ino: *ino,
+                    size: 0,
+                    mtime: mtime.unwrap_or_else(SystemTime::now),
+                    is_dir: true,
+                    writable: true,
+                }
+            }
+        }
+    }
+
+    /// A written node the kernel knows by inode.
+    fn written(&self, ino: u64) -> Option<Node> {
+        self.written_refs.lock().get(&ino).map(|(n, _)| n.clone())
+    }
+
+    fn written_file(&self, ino: u64) -> Result<Arc<WrittenFile>, FsError> {
+        match self.written(ino) {
+            Some(Node::File(f)) => Ok(f),
+            Some(Node::Dir(_)) => Err(WriteError::IsDir.into()),
+            None => Err(FsError::Stale),
+        }
+    }
+
+    fn tree(&self) -> Result<&Mutex<Tree>, FsError> {
+        self.tree
+            .as_ref()
+            .ok_or(FsError::Denied("the mount is read-only"))
+    }
+
+    /// Refuses a name in the root that is an image's served file: such a file is never
+    /// written through, removed or replaced from the kernel's side.
+    fn check_not_image(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        // An image made from a written file may be written again: that makes its next version.
+        if parent == ROOT_INO
+            && self.catalog.written_state(name).is_none()
+            && self.catalog.current(name).is_some()
+        {
+            return Err(FsError::Denied(
+                "an image's served file is never written through; write a new name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn utf8(name: &OsStr) -> Result<&str, FsError> {
+        name.to_str()
+            .ok_or(FsError::Denied("file names in the mount must be UTF-8"))
+    }
+
+    /// Creates (or, unless `exclusive`, opens) a file and opens it.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        exclusive: bool,
+    ) -> Result<(Attr, u64), FsError> {
+        self.check_not_image(parent, name)?;
+        let file = {
+            let mut tree = self.tree()?.lock();
+            let ino = self.catalog.allocate_ino();
+            tree.create(parent, Self::utf8(name)?, ino, exclusive)?
+        };
+        let attr = self.written_learned(Node::File(file.clone()));
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // A new file counts as changed: an empty `.nii` is reported as not an image.
+        let changes = file.changes().wrapping_sub(1);
+        self.handles
+            .write()
+            .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
+        Ok((attr, fh))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
+        self.check_not_image(parent, name)?;
+        let ino = self.catalog.allocate_ino();
+        self.tree()?.lock().mkdir(parent, Self::utf8(name)?, ino)?;
+        Ok(self.written_learned(Node::Dir(ino)))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
+        self.catalog
+            .forget_plain(&self.catalog.mount_dir().join(name));
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.tree()?.lock().rmdir(parent, Self::utf8(name)?)?;
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> Result<(), FsError> {
+        self.check_not_image(parent, name)?;
+        self.check_not_image(new_parent, new_name)?;
+        self.tree()?.lock().rename(
+            parent,
+            Self::utf8(name)?,
+            new_parent,
+            Self::utf8(new_name)?,
+            no_replace,
+        )?;
+        Ok(())
+    }
+
+    /// Changes a written file's size or mtime (truncate, utimes); an image's file refuses.
+    pub fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mtime: Option<SystemTime>,
+    ) -> Result<Attr, FsError> {
+        let Some(node) = self.written(ino) else {
+            if size.is_some() {
+                return Err(FsError::Denied(
+                    "an image's served file is never written through",
+                ));
+            }
+            return self.getattr(ino);
+        };
+        if let Node::File(file) = &node {
+            if let Some(size) = size {
+                file.set_len(size)?;
+            }
+            if let Some(mtime) = mtime {
+                file.set_mtime(mtime);
+            }
+        }
+        Ok(self.written_attr(&node))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
+        match self.handles.read().get(&fh) {
+            Some(Handle::Written(file, _)) => Ok(file.write(offset, data)?),
+            Some(Handle::Version(_)) => Err(FsError::Denied("opened for reading")),
+            None => Err(FsError::Stale),
+        }
+    }
+
+    fn kernel_learned(&self, version: &Arc<Version>) {
+        let mut refs = self.kernel_refs.lock();
+        refs.entry(version.ino)
+            .or_insert_with(|| (version.clone(), 0))
+            .1 += 1;
+        self.publish_held(refs.len());
+    }
+
+    fn publish_held(&self, held: usize) {
+        self.catalog
+            .stats
+            .kernel_held_versions
+            .store(held as u64, Ordering::Relaxed);
+    }
+
+    /// The kernel was handed a listed file's inode with its attributes (`readdirplus`): it now
+    /// holds one more lookup of it.
+    pub fn listed(&self, ino: u64) {
+        if let Some(version) = self.catalog.version(ino) {
+            self.kernel_learned(&version);
+        } else if let Some(node) = self.written(ino) {
+            self.written_learned(node);
+        }
+    }
+
+    /// The kernel dropped `count` lookups of an inode; at none, the version may go.
+    pub fn forget(&self, ino: u64, count: u64) {
+        {
+            let mut written = self.written_refs.lock();
+            if let Some((_, held)) = written.get_mut(&ino) {
+                *held = held.saturating_sub(count);
+                if *held == 0 {
+                    written.remove(&ino);
+                }
+                return;
+            }
+        }
+        let mut refs = self.kernel_refs.lock();
+        if let Some((_, held)) = refs.get_mut(&ino) {
+            *held = held.saturating_sub(count);
+            if *held == 0 {
+                refs.remove(&ino);
+            }
+        }
+        self.publish_held(refs.len());
+    }
+
+    /// How many versions the kernel still holds by inode (for tests and `stats`).
+    pub fn kernel_held_versions(&self) -> usize {
+        self.kernel_refs.lock().len()
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        if ino == ROOT_INO {
+            return Ok(Attr {
+                ino,
+                size: 0,
+                mtime: SystemTime::now(),
+                is_dir: true,
+                writable: self.is_writable(),
+            });
+        }
+        if let Some(node) = self.written(ino) {
+            return Ok(self.written_attr(&node));
+        }
+        self.catalog
+            .version(ino)
+            .map(|v| attr_of(&v))
+            .ok_or(FsError::NotFound)
+    }
+
+    /// Opens a directory: a snapshot of the listing (`.`, `..`, then in the root each image's
+    /// file with its current version's attributes, then the written files), which the reads
+    /// of this handle page through.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let this = self.getattr(ino)?;
+        if !this.is_dir {
+            return Err(WriteError::NotDir.into());
+        }
+        let (parent, written) = match &self.tree {
+            Some(tree) => {
+                let tree = tree.lock();
+                match tree.dir(ino) {
+                    Ok(dir) => (
+                        dir.parent,
+                        dir.entries
+                            .iter()
+                            .map(|(k, n)| (k.clone(), n.clone()))
+                            .collect(),
+                    ),
+                    Err(_) => (ROOT_INO, Vec::new()),
+                }
+            }
+            None => (ROOT_INO, Vec::new()),
+        };
+        let up = self.getattr(parent).unwrap_or(this);
+        let current = if ino == ROOT_INO {
+            self.catalog.current_versions()
+        } else {
+            Vec::new()
+        };
+        let mut files = vec![(".".to_string(), this), ("..".to_string(), up)];
+        let mut versions = Vec::with_capacity(current.len());
+        // A name both have is listed once, as lookup would find it.
+        let shadowed = |name: &str| self.image_shadows(ino, OsStr::new(name));
+        let written_names: std::collections::HashSet<&str> =
+            written.iter().map(|(n, _)| n.as_str()).collect();
+        for (file_name, version) in current {
+            if written_names.contains(file_name.as_str()) && !shadowed(&file_name) {
+                continue;
+            }
+            files.push((file_name, attr_of(&version)));
+            versions.push(version);
+        }
+        let mut nodes = Vec::with_capacity(written.len());
+        for (name, node) in written {
+            if ino == ROOT_INO && shadowed(&name) {
+                continue;
+            }
+            files.push((name, self.written_attr(&node)));
+            nodes.push(node);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.listings.lock().insert(
+            fh,
+            Arc::new(Listing {
+                files,
+                _versions: versions,
+                _written: nodes,
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// The listing of an open directory handle.
+    pub fn listing(&self, fh: u64) -> Result<Arc<Listing>, FsError> {
+        self.listings.lock().get(&fh).cloned().ok_or(FsError::Stale)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.listings.lock().remove(&fh);
+    }
+
+    /// Opens a file; `write` asks for writing, which only written files allow.
+    pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        if self.written(ino).is_some() {
+            let file = self.written_file(ino)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            let changes = file.changes();
+            self.handles
+                .write()
+                .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
+            return Ok(Opened::Written { fh });
+        }
+        let version = self.catalog.version(ino).ok_or(FsError::Stale)?;
+        if write {
+            return Err(if self.is_writable() {
+                FsError::Denied("an image's served file is never written through")
+            } else {
+                FsError::Denied("the mount is read-only")
+            });
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let stats = &self.catalog.stats;
+        let opened = match &version.body {
+            Body::Original(source) => {
+                // The file may have changed since lookup; a passthrough open would serve it.
+                if let Err(e) = source.check_unchanged() {
+                    log::warn!("refusing a stale passthrough open: {e}");
+                    return Err(FsError::Stale);
+                }
+                stats.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+                Opened::Passthrough {
+                    fh,
+                    source: source.clone(),
+                }
+            }
+            _ => {
+                stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
+                Opened::Rendered { fh }
+            }
+        };
+        self.handles.write().insert(fh, Handle::Version(version));
+        Ok(opened)
+    }
+
+    /// Called when passthrough could not be set up: reads of this handle come here instead.
+    pub fn passthrough_refused(&self) {
+        let stats = &self.catalog.stats;
+        stats.passthrough_opens.fetch_sub(1, Ordering::Relaxed);
+        stats.rendered_opens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
+        let version = match self.handles.read().get(&fh) {
+            Some(Handle::Version(v)) => v.clone(),
+            Some(Handle::Written(file, _)) => {
+                return Ok(Chunk::Owned(file.read(offset, size)?));
+            }
+            None => return Err(FsError::Stale),
+        };
+        let stats = &self.catalog.stats;
+        let counter = if version.is_passthrough() {
+            &stats.forwarded_reads
+        } else {
+            &stats.rendered_reads
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        crate::fault::panic_if_asked(|| self.catalog.name_of_version(version.ino));
+        version.read(offset, size)
+    }
+
+    /// A close of a descriptor of this handle: a written file it changed becomes an image now,
+    /// so that the image is there when close(2) returns.
+    pub fn flush(&self, fh: u64) {
+        let changed = match self.handles.read().get(&fh) {
+            Some(Handle::Written(file, seen)) => {
+                let now = file.changes();
+                (seen.swap(now, Ordering::Relaxed) != now).then(|| file.clone())
+            }
+            _ => None,
+        };
+        if let Some(file) = changed {
+            self.adopt(&file);
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        // Writes through a mapping may come after the last close.
+        self.flush(fh);
+        self.handles.write().remove(&fh);
+    }
+
+    /// Makes a written file in the root an image if it has an image's name (both files of a
+    /// pair written); one that does not parse stays a plain file, and `ls` says why.
+    fn adopt(&self, file: &Arc<WrittenFile>) {
+        let Some(tree) = &self.tree else { return };
+        let (name, partner) = {
+            let tree = tree.lock();
+            let Ok(root) = tree.dir(ROOT_INO) else { return };
+            let Some(name) = root
+                .entries
+                .iter()
+                .find(|(_, n)| matches!(n, Node::File(f) if Arc::ptr_eq(f, file)))
+                .map(|(name, _)| name.clone())
+            else {
+                return;
+            };
+            if !IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+                return;
+            }
+            let partner = pair_partner(&name).map(|p| (root.entries.get(&p).cloned(), p));
+            (name, partner)
+        };
+        let mut members = vec![(name.clone(), file.clone())];
+        match partner {
+            Some((Some(Node::File(other)), other_name)) => members.push((other_name, other)),
+            // The other half is not written yet: its close makes the pair an image.
+            Some(_) => return,
+            None => {}
+        }
+        let mount_file = self.catalog.mount_dir().join(&name);
+        let header_name = members
+            .iter()
+            .map(|(n, _)| n.clone())
+            .find(|n| !n.contains(".img"))
+            .unwrap_or_else(|| name.clone());
+        let image_name = crate::catalog::name_from_path(std::path::Path::new(&header_name));
+        let outcome = image_name
+            .ok_or_else(|| "no image name can be taken from it".to_string())
+            .and_then(|image_name| {
+                let (path, held) = self.link(&members)?;
+                let image = crate::image::Image::load(&path.join(&header_name))
+                    .map_err(|e| e.to_string())?;
+                let summary = self
+                    .catalog
+                    .adopt(
+                        &image_name,
+                        image,
+                        self.catalog.mount_dir().join(&header_name),
+                    )
+                    .map_err(|e| e.to_string())?;
+                if let Some(links) = self.links.lock().as_mut() {
+                    let kept = links.held.entry(image_name).or_default();
+                    kept[1] = std::mem::replace(&mut kept[0], held);
+                }
+                Ok(summary)
+            });
+        match outcome {
+            Ok(summary) => log::info!("{} is now image '{}'", mount_file.display(), summary.name),
+            Err(why) => {
+                // The loader names the link it read; the user knows the file by its mount path.
+                let why = why.replace(
+                    &self.links_dir(),
+                    &self.catalog.mount_dir().display().to_string(),
+                );
+                log::info!("{} stays a plain file: {why}", mount_file.display());
+                self.catalog.note_plain(mount_file, why);
+            }
+        }
+    }
+
+    fn links_dir(&self) -> String {
+        self.links
+            .lock()
+            .as_ref()
+            .map(|l| l.dir.path().display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Links each member's memfd under its name in a fresh private directory; returns the
+    /// directory and the memfds, which must stay open while the image may read them.
+    #[allow(clippy::type_complexity)]
+    fn link(
+        &self,
+        members: &[(String, Arc<WrittenFile>)],
+    ) -> Result<(std::path::PathBuf, Vec<Arc<std::fs::File>>), String> {
+        use std::os::fd::AsRawFd;
+        let mut links = self.links.lock();
+        if links.is_none() {
+            let base = crate::control::control_dir().map_err(|e| e.to_string())?;
+            // A fresh 0700 directory made here: nothing in it was planted by another user.
+            let dir = tempfile::Builder::new()
+                .prefix("written-")
+                .tempdir_in(base)
+                .map_err(|e| e.to_string())?;
+            *links = Some(Links {
+                dir,
+                next: 0,
+                held: HashMap::new(),
+            });
+        }
+        let links = links.as_mut().expect("made above");
+        links.next += 1;
+        let dir = links.dir.path().join(links.next.to_string());
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let mut held = Vec::new();
+        for (name, file) in members {
+            let (fd, _) = file.share();
+            let target = format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
+            std::os::unix::fs::symlink(target, dir.join(name)).map_err(|e| e.to_string())?;
+            held.push(fd);
+        }
+        Ok((dir, held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{ByteOrder, Flavor, Header, affine};
+    use crate::image::{Image, VoxelBuffer};
+    use std::path::PathBuf;
+
+    fn catalog_with(name: &str) -> Vfs {
+        let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
+        let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+        let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+        let catalog = Catalog::new(PathBuf::from("/nowhere"));
+        catalog.insert(name, image).unwrap();
+        Vfs::new(Arc::new(catalog))
+    }
+
+    fn descrip_of(catalog: &Vfs, fh: u64) -> String {
+        let bytes = catalog.read(fh, 0, 348).unwrap();
+        Header::parse(&bytes).unwrap().descrip()
+    }
+
+    #[test]
+    fn a_looked_up_version_stays_openable_after_an_edit_until_the_kernel_forgets_it() {
+        let catalog = catalog_with("a");
+        let old = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
+        catalog
+            .catalog()
+            .edit("a", |img| img.set_field("descrip", "new"))
+            .unwrap();
+        let new = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
+        assert_ne!(old.ino, new.ino);
+        assert_eq!(catalog.kernel_held_versions(), 2);
+
+        let Opened::Rendered { fh } = catalog.open(old.ino, false).unwrap() else {
+            panic!("an in-memory image is rendered");
+        };
+        assert_eq!(descrip_of(&catalog, fh), "");
+        catalog.release(fh);
+
+        catalog.forget(old.ino, 1);
+        assert_eq!(catalog.open(old.ino, false).unwrap_err(), FsError::Stale);
+        assert_eq!(catalog.kernel_held_versions(), 1);
+        let Opened::Rendered { fh } = catalog.open(new.ino, false).unwrap() else {
+            panic!("an in-memory image is rendered");
+        };
+        assert_eq!(descrip_of(&catalog, fh), "new");
+    }
+
+    #[test]
+    fn lookups_are_counted_and_forgotten_together() {
+        let catalog = catalog_with("a");
+        let fh = catalog.opendir(ROOT_INO).unwrap();
+        let ino = catalog.listing(fh).unwrap().files[2].1.ino;
+        catalog.listed(ino);
+        catalog.releasedir(fh);
+        catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
+        catalog
+            .catalog()
+            .edit("a", |img| img.set_field("descrip", "x"))
+            .unwrap();
+        catalog.forget(ino, 1);
+        let opened = catalog.open(ino, false).expect("one lookup is still held");
+        let Opened::Rendered { fh } = opened else {
+            panic!("an in-memory image is rendered");
+        };
+        catalog.release(fh);
+        catalog.forget(ino, 1);
+        assert_eq!(catalog.open(ino, false).unwrap_err(), FsError::Stale);
+        catalog.forget(ino, 5);
+        assert_eq!(catalog.kernel_held_versions(), 0);
+    }
+    #[test]
+    fn written_files_sit_beside_images_and_an_images_file_is_never_written() {
+        let read_only = catalog_with("a");
+        let refused = read_only.create(ROOT_INO, OsStr::new("x.txt"), true);
+        assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
+
+        let catalog = Vfs::with_writing(read_only.catalog().clone(), Some(Budget::new(1 << 20)));
+        let (attr, fh) = catalog.create(ROOT_INO, OsStr::new("x.txt"), true).unwrap();
+        assert_eq!(catalog.write(fh, 0, b"abc").unwrap(), 3);
+        assert_eq!(&*catalog.read(fh, 0, 10).unwrap(), b"abc");
+        catalog.release(fh);
+        assert_eq!(catalog.getattr(attr.ino).unwrap().size, 3);
+
+        let listing = catalog.listing(catalog.opendir(ROOT_INO).unwrap()).unwrap();
+        let names: Vec<&str> = listing.files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [".", "..", "a.nii", "x.txt"]);
+
+        let image = catalog.lookup(ROOT_INO, OsStr::new("a.nii")).unwrap();
+        for refused in [
+            catalog.open(image.ino, true).map(drop),
+            catalog
+                .create(ROOT_INO, OsStr::new("a.nii"), false)
+                .map(drop),
+            catalog.unlink(ROOT_INO, OsStr::new("a.nii")),
+            catalog.rename(
+                ROOT_INO,
+                OsStr::new("x.txt"),
+                ROOT_INO,
+                OsStr::new("a.nii"),
+                false,
+            ),
+            catalog.setattr(image.ino, Some(0), None).map(drop),
+        ] {
+            assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
+        }
+        assert_eq!(catalog.getattr(image.ino).unwrap().size, image.size);
+    }
+}

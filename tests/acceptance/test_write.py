@@ -1,0 +1,355 @@
+"""Writing into the mount: tools create, write, rename and remove files in DIR (and its
+subdirectories), held in memory by the daemon, read back through the kernel as from tmpfs.
+Also runs unprivileged (scripts/test's `unprivileged` step)."""
+import errno
+import mmap
+import os
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import helpers
+from helpers import describe, imgfs
+
+
+def ok(proc):
+    assert proc.returncode == 0, describe(proc)
+    return proc
+
+
+def mount(path, *extra):
+    ok(imgfs("mount", path, *extra))
+    return str(path)
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    path = mount(tmp_path / "m")
+    yield path
+    ok(imgfs("unmount", path))
+
+
+@pytest.fixture
+def small(tmp_path):
+    """A mount whose written files may hold 1 MiB."""
+    path = mount(tmp_path / "s", "--max-memory", "1M")
+    yield path
+    ok(imgfs("unmount", path))
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_a_written_file_reads_back_and_seeks(mnt):
+    p = os.path.join(mnt, "notes.txt")
+    with open(p, "wb") as f:
+        f.write(b"hello world")
+        f.seek(6)
+        f.write(b"WORLD")
+    assert read(p) == b"hello WORLD"
+    assert os.stat(p).st_size == 11
+    assert "notes.txt" in os.listdir(mnt)
+    with open(p, "r+b") as f:
+        f.seek(6)
+        assert f.read(5) == b"WORLD"
+
+
+def test_rename_over_an_existing_file_replaces_it(mnt):
+    a, b = os.path.join(mnt, "a.txt"), os.path.join(mnt, "b.txt")
+    open(a, "wb").write(b"new")
+    open(b, "wb").write(b"old contents")
+    os.rename(a, b)
+    assert read(b) == b"new"
+    assert not os.path.exists(a)
+    assert sorted(os.listdir(mnt)) == ["b.txt"]
+
+
+def test_unlink_while_a_reader_has_the_file_open_keeps_its_bytes(mnt):
+    p = os.path.join(mnt, "gone.bin")
+    payload = os.urandom(300_000)
+    open(p, "wb").write(payload)
+    with open(p, "rb") as f:
+        os.unlink(p)
+        assert not os.path.exists(p)
+        assert f.read() == payload
+
+
+def test_truncate_shrinks_and_extends_with_zeros(mnt):
+    p = os.path.join(mnt, "t.bin")
+    open(p, "wb").write(b"0123456789")
+    os.truncate(p, 4)
+    assert read(p) == b"0123"
+    os.truncate(p, 8)
+    assert read(p) == b"0123\0\0\0\0"
+    with open(p, "wb"):  # O_TRUNC
+        pass
+    assert read(p) == b""
+
+
+def test_sparse_writes_read_as_zeros_in_the_hole(mnt):
+    p = os.path.join(mnt, "sparse.bin")
+    with open(p, "wb") as f:
+        f.seek(5 << 20)
+        f.write(b"end")
+    data = read(p)
+    assert len(data) == (5 << 20) + 3
+    assert data[-3:] == b"end" and data[: 5 << 20].count(0) == 5 << 20
+
+
+def test_o_append_writes_at_the_end(mnt):
+    p = os.path.join(mnt, "log.txt")
+    open(p, "wb").write(b"one\n")
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"two\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert read(p) == b"one\ntwo\n"
+
+
+def test_writes_through_a_shared_mapping_reach_the_file(mnt):
+    p = os.path.join(mnt, "mapped.bin")
+    size = 3 * 4096 + 100
+    with open(p, "w+b") as f:
+        f.truncate(size)
+        m = mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        m[:5] = b"first"
+        m[size - 4:] = b"last"
+        m.flush()
+        m.close()
+    data = read(p)
+    assert len(data) == size and data[:5] == b"first" and data[-4:] == b"last"
+
+
+def test_subdirectories_hold_files_and_refuse_rmdir_until_empty(mnt):
+    d = os.path.join(mnt, "out", "deeper")
+    os.makedirs(d)
+    p = os.path.join(d, "x.txt")
+    open(p, "wb").write(b"x")
+    assert os.listdir(os.path.join(mnt, "out")) == ["deeper"]
+    assert read(p) == b"x"
+    with pytest.raises(OSError) as e:
+        os.rmdir(d)
+    assert e.value.errno == errno.ENOTEMPTY
+    os.rename(p, os.path.join(mnt, "x.txt"))
+    os.rmdir(d)
+    os.rmdir(os.path.join(mnt, "out"))
+    assert os.listdir(mnt) == ["x.txt"]
+
+
+def test_enospc_past_max_memory_keeps_every_other_file_and_image(small, tmp_path):
+    src = tmp_path / "img.nii"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.eye(4)), src)
+    ok(imgfs("add", f"img={src}", "--mount", small))
+    kept = os.path.join(small, "kept.bin")
+    kept_bytes = os.urandom(600_000)
+    open(kept, "wb").write(kept_bytes)
+    big = os.path.join(small, "big.bin")
+    with pytest.raises(OSError) as e:
+        with open(big, "wb") as f:
+            f.write(os.urandom(600_000))
+            f.flush()
+    assert e.value.errno == errno.ENOSPC
+    assert read(kept) == kept_bytes
+    assert nib.load(os.path.join(small, "img.nii")).get_fdata().sum() == sum(range(24))
+    # Freeing memory makes room again.
+    os.unlink(big)
+    os.unlink(kept)
+    open(big, "wb").write(b"z" * 600_000)
+    assert os.path.getsize(big) == 600_000
+
+
+def test_statfs_shows_the_memory_written_files_use(small):
+    before = os.statvfs(small)
+    assert before.f_blocks * before.f_frsize == 1 << 20
+    open(os.path.join(small, "f.bin"), "wb").write(b"a" * 409600)
+    after = os.statvfs(small)
+    assert (before.f_bfree - after.f_bfree) * after.f_frsize == 409600
+
+
+def test_an_added_images_file_is_never_written_through(mnt, tmp_path):
+    src = tmp_path / "orig.nii"
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.int16), np.eye(4)), src)
+    before = read(src)
+    ok(imgfs("add", f"orig={src}", "--mount", mnt))
+    served = os.path.join(mnt, "orig.nii")
+    for flags in (os.O_WRONLY, os.O_RDWR | os.O_TRUNC):
+        with pytest.raises(OSError) as e:
+            os.open(served, flags)
+        assert e.value.errno == errno.EACCES
+    with pytest.raises(OSError) as e:
+        os.unlink(served)
+    assert e.value.errno == errno.EACCES
+    assert read(src) == before
+
+
+def test_read_only_refuses_every_write(tmp_path):
+    path = mount(tmp_path / "ro", "--read-only")
+    try:
+        with pytest.raises(OSError) as e:
+            open(os.path.join(path, "x.txt"), "wb")
+        assert e.value.errno == errno.EROFS
+    finally:
+        ok(imgfs("unmount", path))
+
+
+def test_nifti_tool_copy_im_into_the_mount_equals_a_copy_on_disk(mnt, tmp_path):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for out in (os.path.join(mnt, "copy.nii"), str(disk / "copy.nii")):
+        ok(helpers.nifti_tool("-copy_im", "-prefix", out, "-infiles", src))
+    assert read(os.path.join(mnt, "copy.nii")) == read(disk / "copy.nii")
+
+
+MRTRIX = pytest.mark.skipif(shutil.which("mrcalc") is None, reason="MRtrix3 not installed")
+
+
+def same_image(a, b, exact=True):
+    # No mapping: a failed assert must not keep a file of the mount open.
+    ia, ib = nib.load(a, mmap=False), nib.load(b, mmap=False)
+    assert ia.shape == ib.shape
+    assert np.allclose(ia.affine, ib.affine)
+    da, db = np.asarray(ia.dataobj), np.asarray(ib.dataobj)
+    if exact:
+        assert np.array_equal(da, db, equal_nan=True), a
+    else:
+        assert np.corrcoef(da.ravel(), db.ravel())[0, 1] > 0.99, a
+
+
+@MRTRIX
+def test_an_mrtrix_pipeline_writes_and_reads_its_outputs_in_the_mount(tmp_path):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = ("mrconvert -quiet {s} $D/t1f.nii -datatype float32 && "
+              "mrcalc -quiet $D/t1f.nii 2 -mult $D/x2.nii.gz && "
+              "mrstats -output mean $D/x2.nii.gz")
+    in_mount = ok(imgfs("run", "--", "sh", "-c",
+                        script.format(s=src).replace("$D", "$IMGFS_MOUNT")))
+    on_disk = ok(subprocess.run(["sh", "-c", script.format(s=src).replace("$D", str(disk))],
+                                capture_output=True, text=True))
+    assert in_mount.stdout.strip() == on_disk.stdout.strip() != ""
+
+
+@MRTRIX
+def test_tool_outputs_in_the_mount_equal_outputs_on_disk_and_are_images(mnt, tmp_path):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    for d in (mnt, str(disk)):
+        ok(subprocess.run(["mrconvert", "-quiet", src, f"{d}/t1f.nii", "-datatype", "float32"],
+                          capture_output=True, text=True))
+        ok(subprocess.run(["mrcalc", "-quiet", f"{d}/t1f.nii", "2", "-mult", f"{d}/x2.nii.gz"],
+                          capture_output=True, text=True))
+        # The image onto itself: a registration that converges to the same answer each run.
+        ok(subprocess.run(["mrregister", "-quiet", f"{d}/x2.nii.gz", f"{d}/x2.nii.gz",
+                           "-type", "affine", "-affine", f"{d}/affine.txt",
+                           "-transformed", f"{d}/moved.nii"], capture_output=True, text=True))
+    for name in ("t1f.nii", "x2.nii.gz"):
+        same_image(os.path.join(mnt, name), disk / name)
+    # mrregister differs slightly from run to run even between two runs on disk.
+    same_image(os.path.join(mnt, "moved.nii"), disk / "moved.nii", exact=False)
+    assert np.allclose(np.loadtxt(os.path.join(mnt, "affine.txt")),
+                       np.loadtxt(disk / "affine.txt"), atol=0.05)
+    images = ls(mnt)
+    assert {"t1f", "x2", "moved"} <= set(images), images
+    assert all(images[n]["state"] == "written in the mount" for n in ("t1f", "x2", "moved"))
+    assert "affine" not in images
+    saved = tmp_path / "x2_saved.nii"
+    ok(imgfs("save", "x2", str(saved), "--mount", mnt))
+    same_image(saved, disk / "x2.nii.gz")
+
+
+def ls(mnt):
+    import json
+    return {i["name"]: i for i in json.loads(ok(imgfs("ls", "--json", "--mount", mnt)).stdout)}
+
+
+def test_a_written_nifti_becomes_an_image_that_set_path_show_save_and_rm_work_on(mnt, tmp_path):
+    data = np.arange(60, dtype=np.int16).reshape(3, 4, 5)
+    disk = tmp_path / "out.nii"
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2, 2, 1])), disk)
+    written = os.path.join(mnt, "out.nii")
+    shutil.copyfile(disk, written)
+    entry = ls(mnt)["out"]
+    assert entry["state"] == "written in the mount" and entry["origin"] is None, entry
+    assert any("no original on disk" in r for r in entry["reasons"]), entry
+    assert ok(imgfs("path", "out", "--mount", mnt)).stdout.strip() == written
+    assert read(written) == read(disk)
+    ok(imgfs("set", "out", "descrip=edited", "--mount", mnt))
+    # Edited: the mount shows the new version under the name, the data unchanged.
+    edited = nib.load(ok(imgfs("path", "out", "--mount", mnt)).stdout.strip())
+    assert edited.header["descrip"].tobytes().rstrip(b"\0") == b"edited"
+    assert np.array_equal(np.asarray(edited.dataobj), data)
+    saved = tmp_path / "saved.nii.gz"
+    ok(imgfs("save", "out", str(saved), "--mount", mnt))
+    assert np.array_equal(np.asarray(nib.load(saved).dataobj), data)
+    ok(imgfs("rm", "out", "--mount", mnt))
+    assert "out" not in ls(mnt)
+
+
+def test_rewriting_an_output_makes_a_new_version_and_an_open_reader_keeps_the_old(mnt, tmp_path):
+    first, second = tmp_path / "1.nii.gz", tmp_path / "2.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), first)
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 7, np.float32), np.eye(4)), second)
+    out = os.path.join(mnt, "res.nii.gz")
+    shutil.copyfile(first, out)
+    served = ok(imgfs("show", "res", "--mount", mnt))
+    assert "written in the mount" in served.stdout, served.stdout
+    with open(os.path.join(mnt, "res.nii"), "rb") as reader:  # the image, rendered
+        head = reader.read(352)
+        shutil.copyfile(second, out)  # a tool writes its output again
+        rest = reader.read()
+    assert np.asarray(nib.Nifti1Image.from_bytes(head + rest).dataobj).max() == 1
+    assert nib.load(os.path.join(mnt, "res.nii")).get_fdata().max() == 7
+    assert nib.load(out).get_fdata().max() == 7
+    assert ls(mnt)["res"]["state"] == "written in the mount"
+
+
+def test_after_set_the_name_shows_the_edited_version_and_is_not_written_through(mnt, tmp_path):
+    src = tmp_path / "o.nii"
+    nib.save(nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)), src)
+    out = os.path.join(mnt, "o.nii")
+    shutil.copyfile(src, out)
+    ok(imgfs("set", "o", "descrip=edited", "--mount", mnt))
+    assert nib.load(out).header["descrip"].tobytes().rstrip(b"\0") == b"edited"
+    with pytest.raises(OSError) as e:
+        open(out, "r+b")
+    assert e.value.errno == errno.EACCES
+    ok(imgfs("rm", "o", "--mount", mnt))
+    assert read(out) == read(src)  # the written file itself, as written
+
+
+def test_a_written_pair_and_a_gz_become_images(mnt, tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for name in ("pair.hdr", "z.nii.gz"):
+        src = tmp_path / name
+        nib.save(nib.Nifti1Pair(data, np.eye(4)) if name.endswith(".hdr")
+                 else nib.Nifti1Image(data, np.eye(4)), src)
+        for f in os.listdir(tmp_path):
+            if f.startswith(name.split(".")[0]):
+                shutil.copyfile(tmp_path / f, os.path.join(mnt, f))
+    images = ls(mnt)
+    assert {"pair", "z"} <= set(images), images
+    for name in ("pair", "z"):
+        rendered = os.path.join(mnt, f"{name}.nii")
+        assert np.array_equal(nib.load(rendered).get_fdata(), data)
+
+
+def test_a_file_that_does_not_parse_stays_plain_and_ls_says_why(mnt):
+    bad = os.path.join(mnt, "broken.nii")
+    open(bad, "wb").write(b"not a header")
+    assert read(bad) == b"not a header"
+    assert "broken" not in ls(mnt)
+    text = ok(imgfs("ls", "--mount", mnt)).stdout
+    assert f"{bad}: not an image, a plain file:" in text, text
+    open(os.path.join(mnt, "notes.json"), "w").write("{}")
+    assert "notes" not in ls(mnt)
