@@ -14,8 +14,8 @@ use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::format::gzindex::GzCache;
 use crate::format;
+use crate::format::gzindex::GzCache;
 use crate::image::{DirtyState, FileSource, Image, ImageError};
 use crate::render::{Chunk, Rendering};
 
