@@ -371,9 +371,16 @@ fn open_log_file(path: &Path) -> Result<std::fs::File> {
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
+        // A symbolic link at the log's name, perhaps planted in /tmp, is refused, not followed.
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("log file {}", path.display()))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow!(
+                "log file {}: it is a symbolic link; name the file itself",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("log file {}", path.display())),
+        })
 }
 
 fn connect(mount: Option<&Path>) -> Result<Client> {

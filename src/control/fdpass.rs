@@ -94,3 +94,34 @@ pub fn send_with_fds(sock: &impl AsRawFd, bytes: &[u8], fds: &[RawFd]) -> io::Re
     }
     Ok(())
 }
+
+/// Sends all of `bytes` now or none of them: never waits for room in the socket's buffer.
+/// Meant for short lines (one buffer allocation in the kernel): a send that finds no room
+/// fails with `WouldBlock` having sent nothing.
+pub fn try_send(sock: &impl AsRawFd, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        // SAFETY: `bytes` is a live buffer of the stated length for the duration of the call.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return if n as usize == bytes.len() {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "the line was sent in part",
+                ))
+            };
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -437,10 +437,11 @@ fn handle(
     })
 }
 
-/// Applies a `set`, and reports each field the request named with its new value, then the
-/// fields that changed as a consequence.
-/// Progress told to the client as `{"progress": ...}` lines before the answer. A client that
-/// stopped reading only loses its progress lines; the work goes on.
+/// Progress told to the client as `{"progress": ...}` lines before the answer. It is reported
+/// while the image's lock is held, so it never waits for the client: a line that does not fit
+/// in the socket's buffer now is dropped (a line this short is sent whole or not at all), and
+/// a client that stopped reading only loses progress lines while the work, and every other
+/// request on the image, goes on.
 fn progress_lines(stream: &UnixStream) -> impl Fn(u64, u64) + Sync + '_ {
     move |done, total| {
         let line = ProgressLine {
@@ -448,10 +449,12 @@ fn progress_lines(stream: &UnixStream) -> impl Fn(u64, u64) + Sync + '_ {
         };
         let mut out = serde_json::to_vec(&line).expect("progress serializes");
         out.push(b'\n');
-        let _ = fdpass::send_with_fds(stream, &out, &[]);
+        let _ = fdpass::try_send(stream, &out);
     }
 }
 
+/// Applies a `set`, and reports each field the request named with its new value, then the
+/// fields that changed as a consequence.
 fn set(
     catalog: &Catalog,
     name: &str,

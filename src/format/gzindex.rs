@@ -1066,6 +1066,13 @@ impl GzIndex {
                 self.inflated_one.wait(&mut inflight);
             }
         }
+        // Whatever happens from here, a panic included (the FUSE adapter catches it and serves
+        // on), the claim is given back: the waiters then inflate the segment themselves
+        // instead of waiting for ever.
+        let _claim = InflightClaim {
+            index: self,
+            segment: index,
+        };
         self.misses.fetch_add(1, Ordering::Relaxed);
         let mut data = vec![0; len as usize];
         let result = self.inflate_from(point, point.out, &mut data);
@@ -1073,8 +1080,6 @@ impl GzIndex {
         if result.is_ok() {
             self.cache.0.lock().insert((self.id, index), data.clone());
         }
-        self.inflight.lock().remove(&index);
-        self.inflated_one.notify_all();
         result.map(|()| data)
     }
 
@@ -1161,6 +1166,19 @@ impl GzIndex {
             cache_misses: self.misses.load(Ordering::Relaxed),
             inflated: self.inflated.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// A thread's claim to inflate one segment, given back when dropped.
+struct InflightClaim<'a> {
+    index: &'a GzIndex,
+    segment: usize,
+}
+
+impl Drop for InflightClaim<'_> {
+    fn drop(&mut self) {
+        self.index.inflight.lock().remove(&self.segment);
+        self.index.inflated_one.notify_all();
     }
 }
 
