@@ -70,8 +70,11 @@ def raw_exchange(mount, data, fds=()):
     """Send `data` (bytes, with `fds` attached) on a new connection; the answer line, parsed."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(socket_path(mount.dir))
-        sent = socket.send_fds(s, [data], list(fds)) if fds else 0
-        s.sendall(data[sent:])
+        try:
+            sent = socket.send_fds(s, [data], list(fds)) if fds else 0
+            s.sendall(data[sent:])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a daemon that refuses the connection answers and closes before reading
         with s.makefile("rb") as r:
             return json.loads(r.readline())
 
