@@ -48,7 +48,9 @@ pub struct MountSettings {
 /// Backing files registered with the kernel, one per inode while any handle is open.
 #[derive(Default)]
 struct Backing {
-    by_ino: HashMap<u64, Weak<BackingId>>,
+    /// With the identity (st_ino) of the file registered: a written file may have moved to
+    /// another memfd since, and then needs a backing id of its own.
+    by_ino: HashMap<u64, (Weak<BackingId>, u64)>,
     by_fh: HashMap<u64, Arc<BackingId>>,
     /// Inodes whose original the kernel refused as a backing file (one on another FUSE
     /// filesystem, say): they are served by forwarded reads for good, as the kernel fails an
@@ -118,23 +120,48 @@ impl ImageFs {
         source: &FileSource,
         reply: &ReplyOpen,
     ) -> Option<Arc<BackingId>> {
+        self.bind_backing(
+            ino,
+            fh,
+            &source.file,
+            &source.path.display().to_string(),
+            |f| reply.open_backing(f),
+        )
+    }
+
+    /// The backing id of `ino` (registered with `register` on its first open), kept for `fh`;
+    /// None if the kernel refused it, for good: the inode is then served by forwarding.
+    fn bind_backing(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: &std::fs::File,
+        what: &str,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        use std::os::unix::fs::MetadataExt;
+        let key = file.metadata().map_or(0, |m| m.ino());
         let mut backing = self.backing.lock();
         if backing.forwarded.contains(&ino) {
             return None;
         }
-        let id = match backing.by_ino.get(&ino).and_then(Weak::upgrade) {
+        let known = backing
+            .by_ino
+            .get(&ino)
+            .filter(|(_, k)| *k == key)
+            .and_then(|(id, _)| id.upgrade());
+        let id = match known {
             Some(id) => id,
-            None => match reply.open_backing(&source.file) {
+            None => match register(file) {
                 Ok(id) => {
                     let id = Arc::new(id);
-                    backing.by_ino.insert(ino, Arc::downgrade(&id));
+                    backing.by_ino.insert(ino, (Arc::downgrade(&id), key));
                     id
                 }
                 Err(e) => {
                     log::warn!(
-                        "{}: the kernel refused it as a passthrough backing file ({e}); the \
-                         image served from it (inode {ino}) gets forwarded reads instead",
-                        source.path.display()
+                        "{what}: the kernel refused it as a passthrough backing file ({e}); the \
+                         file served from it (inode {ino}) gets forwarded reads instead",
                     );
                     backing.forwarded.insert(ino);
                     return None;
@@ -174,6 +201,11 @@ impl Filesystem for ImageFs {
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(2).is_ok();
         log::info!("FUSE passthrough in use: {enabled}");
+        if enabled {
+            // A written file's memfd is a backing file like any: writes, reads and mappings
+            // then go to it without a round trip through this daemon.
+            self.vfs.pass_written_through();
+        }
         // `ls -l` of a large mount: attributes come with the listing, not one lookup per file.
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
@@ -228,7 +260,14 @@ impl Filesystem for ImageFs {
             // Every change to a written file comes through the kernel, so its cached pages are
             // always current: keep them across opens (a read-back then needs no daemon). Not
             // direct_io, so that shared writable mappings (MRtrix3 writes through one) work.
-            Ok(Opened::Written { fh }) => {
+            Ok(Opened::Written { fh, backing }) => {
+                if let Some(memfd) = backing
+                    && let Some(id) = self.bind_backing(ino.0, fh, &memfd, "a written file", |f| {
+                        reply.open_backing(f)
+                    })
+                {
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                }
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(e),
@@ -247,13 +286,31 @@ impl Filesystem for ImageFs {
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
         match caught("create", || self.vfs.create(parent.0, name, exclusive)) {
-            Ok((attr, fh)) => reply.created(
-                &TTL,
-                &self.file_attr(&attr),
-                fuser::Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((attr, fh, backing)) => {
+                let file_attr = self.file_attr(&attr);
+                if let Some(memfd) = backing
+                    && let Some(id) =
+                        self.bind_backing(attr.ino, fh, &memfd, "a written file", |f| {
+                            reply.open_backing(f)
+                        })
+                {
+                    return reply.created_passthrough(
+                        &TTL,
+                        &file_attr,
+                        fuser::Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                        &id,
+                    );
+                }
+                reply.created(
+                    &TTL,
+                    &file_attr,
+                    fuser::Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -25,7 +25,19 @@ enum Handle {
     /// A written file, with its change count when opened or last flushed: a handle that
     /// changed it makes it an image when closed (flush, which close(2) waits for) or released,
     /// if it has an image's name.
-    Written(Arc<WrittenFile>, AtomicU64),
+    Written(Arc<WrittenFile>, AtomicU64, Served),
+}
+
+/// How the kernel serves a written file's handle.
+#[derive(PartialEq)]
+enum Served {
+    /// Reads and writes come to the daemon.
+    Forwarded,
+    /// The kernel reads the memfd directly (passthrough).
+    Passthrough,
+    /// The kernel reads and writes the memfd directly: the daemon never sees the writes, so
+    /// the handle's close counts as a change.
+    PassthroughWriter,
 }
 
 /// The suffixes of image files: a written file so named becomes an image when closed.
@@ -72,8 +84,13 @@ pub enum Opened {
     Passthrough { fh: u64, source: Arc<FileSource> },
     /// Reads come to [`Vfs::read`].
     Rendered { fh: u64 },
-    /// A file written in the mount: reads and writes come to [`Vfs::read`] and [`Vfs::write`].
-    Written { fh: u64 },
+    /// A file written in the mount: with a memfd, hand the kernel that (passthrough: reads,
+    /// writes and mappings go to it directly); without, reads and writes come to [`Vfs::read`]
+    /// and [`Vfs::write`].
+    Written {
+        fh: u64,
+        backing: Option<Arc<std::fs::File>>,
+    },
 }
 
 /// The kernel's view of one mount.
@@ -92,6 +109,9 @@ pub struct Vfs {
     /// unlinked file stays readable through the inode while the kernel holds it.
     written_refs: Mutex<HashMap<u64, (Node, u64)>>,
     links: Mutex<Option<Links>>,
+    /// Whether written files are handed to the kernel by passthrough (set by the adapter once
+    /// the kernel agreed to passthrough).
+    written_passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Vfs {
@@ -112,7 +132,43 @@ impl Vfs {
             tree: budget.map(|b| Mutex::new(Tree::new(ROOT_INO, b))),
             written_refs: Mutex::new(HashMap::new()),
             links: Mutex::new(None),
+            written_passthrough: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on, written files are opened for kernel passthrough to their memfds.
+    pub fn pass_written_through(&self) {
+        self.written_passthrough.store(true, Ordering::Relaxed);
+    }
+
+    /// Opens a written file: a handle, and with passthrough the memfd for the kernel.
+    fn open_written(
+        &self,
+        file: Arc<WrittenFile>,
+        write: bool,
+        changes: u64,
+    ) -> Result<(u64, Option<Arc<std::fs::File>>), FsError> {
+        let passthrough = self.written_passthrough.load(Ordering::Relaxed);
+        let mut handles = self.handles.write();
+        let backing = if passthrough {
+            Some(file.open_for_passthrough(write)?)
+        } else {
+            None
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        handles.insert(
+            fh,
+            Handle::Written(
+                file,
+                AtomicU64::new(changes),
+                match (passthrough, write) {
+                    (false, _) => Served::Forwarded,
+                    (true, false) => Served::Passthrough,
+                    (true, true) => Served::PassthroughWriter,
+                },
+            ),
+        );
+        Ok((fh, backing))
     }
 
     pub fn is_writable(&self) -> bool {
@@ -238,27 +294,29 @@ impl Vfs {
             .ok_or(FsError::Denied("file names in the mount must be UTF-8"))
     }
 
-    /// Creates (or, unless `exclusive`, opens) a file and opens it.
+    /// Creates (or, unless `exclusive`, opens) a file and opens it; with passthrough, also
+    /// returns the memfd to hand the kernel.
+    #[allow(clippy::type_complexity)]
     pub fn create(
         &self,
         parent: u64,
         name: &OsStr,
         exclusive: bool,
-    ) -> Result<(Attr, u64), FsError> {
+    ) -> Result<(Attr, u64, Option<Arc<std::fs::File>>), FsError> {
         self.check_not_image(parent, name)?;
         let file = {
             let mut tree = self.tree()?.lock();
+            if self.written_passthrough.load(Ordering::Relaxed) {
+                tree.budget.check_room()?;
+            }
             let ino = self.catalog.allocate_ino();
             tree.create(parent, Self::utf8(name)?, ino, exclusive)?
         };
         let attr = self.written_learned(Node::File(file.clone()));
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // A new file counts as changed: an empty `.nii` is reported as not an image.
         let changes = file.changes().wrapping_sub(1);
-        self.handles
-            .write()
-            .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
-        Ok((attr, fh))
+        let (fh, backing) = self.open_written(file, true, changes)?;
+        Ok((attr, fh, backing))
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr, FsError> {
@@ -330,7 +388,7 @@ impl Vfs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
         match self.handles.read().get(&fh) {
-            Some(Handle::Written(file, _)) => Ok(file.write(offset, data)?),
+            Some(Handle::Written(file, ..)) => Ok(file.write(offset, data)?),
             Some(Handle::Version(_)) => Err(FsError::Denied("opened for reading")),
             None => Err(FsError::Stale),
         }
@@ -483,12 +541,9 @@ impl Vfs {
     pub fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
         if self.written(ino).is_some() {
             let file = self.written_file(ino)?;
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
             let changes = file.changes();
-            self.handles
-                .write()
-                .insert(fh, Handle::Written(file, AtomicU64::new(changes)));
-            return Ok(Opened::Written { fh });
+            let (fh, backing) = self.open_written(file, write, changes)?;
+            return Ok(Opened::Written { fh, backing });
         }
         let version = self.catalog.version(ino).ok_or(FsError::Stale)?;
         if write {
@@ -532,7 +587,7 @@ impl Vfs {
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Chunk, FsError> {
         let version = match self.handles.read().get(&fh) {
             Some(Handle::Version(v)) => v.clone(),
-            Some(Handle::Written(file, _)) => {
+            Some(Handle::Written(file, ..)) => {
                 return Ok(Chunk::Owned(file.read(offset, size)?));
             }
             None => return Err(FsError::Stale),
@@ -552,7 +607,10 @@ impl Vfs {
     /// so that the image is there when close(2) returns.
     pub fn flush(&self, fh: u64) {
         let changed = match self.handles.read().get(&fh) {
-            Some(Handle::Written(file, seen)) => {
+            Some(Handle::Written(file, seen, served)) => {
+                if *served == Served::PassthroughWriter {
+                    file.settle();
+                }
                 let now = file.changes();
                 (seen.swap(now, Ordering::Relaxed) != now).then(|| file.clone())
             }
@@ -566,7 +624,11 @@ impl Vfs {
     pub fn release(&self, fh: u64) {
         // Writes through a mapping may come after the last close.
         self.flush(fh);
-        self.handles.write().remove(&fh);
+        if let Some(Handle::Written(file, _, served)) = self.handles.write().remove(&fh)
+            && served != Served::Forwarded
+        {
+            file.unbind();
+        }
     }
 
     /// Makes a written file in the root an image if it has an image's name (both files of a
@@ -761,7 +823,7 @@ mod tests {
         assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
 
         let catalog = Vfs::with_writing(read_only.catalog().clone(), Some(Budget::new(1 << 20)));
-        let (attr, fh) = catalog.create(ROOT_INO, OsStr::new("x.txt"), true).unwrap();
+        let (attr, fh, _) = catalog.create(ROOT_INO, OsStr::new("x.txt"), true).unwrap();
         assert_eq!(catalog.write(fh, 0, b"abc").unwrap(), 3);
         assert_eq!(&*catalog.read(fh, 0, 10).unwrap(), b"abc");
         catalog.release(fh);

@@ -34,6 +34,8 @@ pub enum WriteError {
     NoSpace { limit: u64 },
     #[error("file too large")]
     TooLarge,
+    #[error("busy: {0}")]
+    Busy(&'static str),
     #[error("{0}")]
     Io(String),
 }
@@ -48,6 +50,7 @@ impl WriteError {
             WriteError::NotEmpty => libc::ENOTEMPTY,
             WriteError::NoSpace { .. } => libc::ENOSPC,
             WriteError::TooLarge => libc::EFBIG,
+            WriteError::Busy(_) => libc::EBUSY,
             WriteError::Io(_) => libc::EIO,
         }
     }
@@ -83,6 +86,25 @@ impl Budget {
             .map_err(|_| WriteError::NoSpace { limit })
     }
 
+    /// Counts `more` bytes that are already written (past the daemon, by kernel passthrough):
+    /// they are held whatever the limit says.
+    fn add(&self, more: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_add(more))
+            });
+    }
+
+    /// Refuses a new writer once the limit is reached (with kernel passthrough the daemon sees
+    /// no writes, only opens and closes).
+    pub fn check_room(&self) -> Result<(), WriteError> {
+        if self.used() >= self.limit {
+            return Err(WriteError::NoSpace { limit: self.limit });
+        }
+        Ok(())
+    }
+
     fn give_back(&self, less: u64) {
         let _ = self
             .used
@@ -110,6 +132,10 @@ struct FileState {
     /// The memfd is an image's too: the next change goes to a copy, so that the image keeps
     /// the bytes it was made from.
     shared: bool,
+    /// Handles through which the kernel reads and writes the memfd directly (passthrough):
+    /// while any is open the kernel keeps the inode bound to this memfd, so it is never
+    /// swapped for a copy; changes then reach an image made from it.
+    bound: u64,
 }
 
 fn memfd() -> Result<File, WriteError> {
@@ -135,6 +161,7 @@ impl WrittenFile {
                 mtime: SystemTime::now(),
                 changes: 0,
                 shared: false,
+                bound: 0,
             }),
             budget,
         })
@@ -156,7 +183,7 @@ impl WrittenFile {
     /// Before a change: if an image holds the memfd, moves the file to a fresh one holding its
     /// first `keep` bytes.
     fn unshare(state: &mut FileState, keep: u64) -> Result<(), WriteError> {
-        if !state.shared {
+        if !state.shared || state.bound > 0 {
             return Ok(());
         }
         let io = |e: io::Error| WriteError::Io(e.to_string());
@@ -176,16 +203,59 @@ impl WrittenFile {
         Ok(())
     }
 
+    /// The file's length: the memfd's own, as kernel passthrough writes it without the daemon.
     pub fn len(&self) -> u64 {
-        self.state.lock().len
+        let state = self.state.lock();
+        state.fd.metadata().map_or(state.len, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// When the file last changed: the memfd's mtime, which passthrough writes move too.
     pub fn mtime(&self) -> SystemTime {
-        self.state.lock().mtime
+        let state = self.state.lock();
+        state
+            .fd
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(state.mtime)
+    }
+
+    /// Readies the file for a writer that the kernel lets write the memfd directly (FUSE
+    /// passthrough): refuses past the memory limit, and moves the file off a memfd an image
+    /// holds unless the kernel is bound to it. Returns the memfd to hand the kernel.
+    pub fn open_for_passthrough(&self, write: bool) -> Result<Arc<File>, WriteError> {
+        let mut state = self.state.lock();
+        if write {
+            self.budget.check_room()?;
+            WrittenFile::unshare(&mut state, u64::MAX)?;
+        }
+        state.bound += 1;
+        Ok(state.fd.clone())
+    }
+
+    /// A passthrough handle closed.
+    pub fn unbind(&self) {
+        let mut state = self.state.lock();
+        state.bound = state.bound.saturating_sub(1);
+    }
+
+    /// After a passthrough writer closes: counts what it wrote against the budget (the limit
+    /// cannot refuse bytes already written) and records a change.
+    pub fn settle(&self) {
+        let mut state = self.state.lock();
+        let Ok(len) = state.fd.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if len > state.len {
+            self.budget.add(len - state.len);
+        } else {
+            self.budget.give_back(state.len - len);
+        }
+        state.len = len;
+        state.changes += 1;
     }
 
     /// Bytes `[offset, offset + size)`, shorter at the end; a hole reads as zeros.
@@ -260,7 +330,10 @@ impl WrittenFile {
     }
 
     pub fn set_mtime(&self, mtime: SystemTime) {
-        self.state.lock().mtime = mtime;
+        let mut state = self.state.lock();
+        state.mtime = mtime;
+        // The memfd's mtime is the one reported: it follows passthrough writes.
+        let _ = state.fd.set_modified(mtime);
     }
 }
 

@@ -34,8 +34,9 @@ def mnt(tmp_path):
 
 @pytest.fixture
 def small(tmp_path):
-    """A mount whose written files may hold 1 MiB."""
-    path = mount(tmp_path / "s", "--max-memory", "1M")
+    """A mount whose written files may hold 1 MiB, every write seen by the daemon (no
+    passthrough), so the limit holds to the byte."""
+    path = mount(tmp_path / "s", "--max-memory", "1M", "--no-passthrough")
     yield path
     ok(imgfs("unmount", path))
 
@@ -164,6 +165,29 @@ def test_enospc_past_max_memory_keeps_every_other_file_and_image(small, tmp_path
     os.unlink(kept)
     open(big, "wb").write(b"z" * 600_000)
     assert os.path.getsize(big) == 600_000
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="FUSE passthrough needs CAP_SYS_ADMIN")
+def test_with_passthrough_a_writer_may_pass_max_memory_but_no_new_writer_opens(tmp_path):
+    # Passthrough writes reach the memfd without the daemon: it counts them when the writer
+    # closes, and refuses the next open for writing while the limit is passed.
+    small = mount(tmp_path / "p", "--max-memory", "1M")
+    try:
+        kept, big = os.path.join(small, "kept.bin"), os.path.join(small, "big.bin")
+        kept_bytes, big_bytes = os.urandom(600_000), os.urandom(600_000)
+        open(kept, "wb").write(kept_bytes)
+        open(big, "wb").write(big_bytes)
+        assert os.statvfs(small).f_bfree == 0
+        for refused in (os.path.join(small, "new.bin"), kept):
+            with pytest.raises(OSError) as e:
+                open(refused, "r+b" if os.path.exists(refused) else "wb")
+            assert e.value.errno == errno.ENOSPC
+        assert read(kept) == kept_bytes and read(big) == big_bytes
+        os.unlink(big)
+        open(os.path.join(small, "new.bin"), "wb").write(b"z" * 1000)
+        assert os.path.getsize(os.path.join(small, "new.bin")) == 1000
+    finally:
+        ok(imgfs("unmount", small))
 
 
 def test_statfs_shows_the_memory_written_files_use(small):
