@@ -3,11 +3,11 @@
 //! type, any byte range read equals the same slice of the whole, and any byte range of a
 //! rendered file equals that slice of the whole rendered file.
 
-use imgfs::render::save_image;
 use imgfs::format::dtype::ALL;
 use imgfs::format::{ByteOrder, DataType, Flavor, Header, affine};
 use imgfs::image::{Image, VoxelBuffer};
 use imgfs::render::Rendering;
+use imgfs::render::save_image;
 use proptest::prelude::*;
 
 fn bytes(seed: u64, n: usize) -> Vec<u8> {
