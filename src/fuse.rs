@@ -559,17 +559,16 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
-    /// No file has extended attributes.
+    /// No file has extended attributes. ENOSYS, answered once, makes the kernel stop asking and
+    /// answer "not supported" itself; any other answer costs a round trip per file, and
+    /// `ls -l` asks twice for every file (10,000 images: 0.6 s instead of 40 ms).
     fn getxattr(&self, _: &Request, _: INodeNo, _: &OsStr, _: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _: &Request, _: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    /// As for getxattr.
+    fn listxattr(&self, _: &Request, _: INodeNo, _: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     /// Files are readable, never executable; directories (the root, written ones) can be
