@@ -194,6 +194,9 @@ pub struct Summary {
     pub origin: Option<PathBuf>,
     pub served_as: &'static str,
     pub path: PathBuf,
+    /// Bytes the daemon holds for this image: arrays in memory, and the memfds of the files
+    /// written in the mount it was made from.
+    pub memory_bytes: u64,
 }
 
 struct Entry {
@@ -614,6 +617,8 @@ impl Catalog {
                 Some(Some(file)) if state.is_clean() => file,
                 _ => self.mount_path(name),
             },
+            memory_bytes: image.memory_bytes()
+                + entry.held.iter().map(|m| m.charged()).sum::<u64>(),
         }
     }
 

@@ -1015,4 +1015,15 @@ mod tests {
         let plain = vfs.catalog().plain_files();
         assert!(plain[0].1.contains("exists already"), "{plain:?}");
     }
+
+    #[test]
+    fn an_images_memory_is_its_arrays_and_the_memfds_it_was_made_from() {
+        let vfs = catalog_with("a");
+        assert_eq!(vfs.catalog().summary("a").unwrap().memory_bytes, 8 * 4);
+        let bytes = nifti_bytes();
+        let (vfs, _) = writable(1 << 20);
+        write_file(&vfs, "out.nii", &bytes).unwrap();
+        let summary = vfs.catalog().summary("out").unwrap();
+        assert_eq!(summary.memory_bytes, bytes.len() as u64);
+    }
 }

@@ -420,3 +420,18 @@ def test_a_pair_whose_name_holds_img_is_loaded_from_its_header(mnt, tmp_path):
     path = ok(imgfs("path", "run.imgs", "--mount", mnt)).stdout.strip()
     assert path == os.path.join(mnt, "run.imgs.hdr")
     assert np.array_equal(nib.load(os.path.join(mnt, "run.imgs.nii")).get_fdata(), data)
+
+
+def test_ls_shows_each_images_memory(mnt, tmp_path):
+    src = tmp_path / "orig.nii"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)), src)
+    ok(imgfs("add", f"orig={src}", "--mount", mnt))
+    ok(imgfs("set", "orig", "descrip=edited", "--mount", mnt))
+    shutil.copyfile(src, os.path.join(mnt, "out.nii"))
+    images = ls(mnt)
+    assert images["orig"]["memory_bytes"] == 0, images["orig"]  # read from its file on disk
+    assert images["out"]["memory_bytes"] == os.path.getsize(src), images["out"]
+    text = ok(imgfs("ls", "--mount", mnt)).stdout
+    assert "MEMORY" in text.splitlines()[0], text
+    out_line = next(line for line in text.splitlines() if line.startswith("out "))
+    assert f" {os.path.getsize(src)} " in out_line, text
