@@ -18,6 +18,7 @@ use crate::format;
 use crate::format::gzindex::GzCache;
 use crate::image::{DirtyState, FileSource, Image, ImageError};
 use crate::render::{Chunk, Rendering};
+use crate::written::Memfd;
 
 /// The suffix every served file has.
 pub const SUFFIX: &str = ".nii";
@@ -193,11 +194,17 @@ pub struct Summary {
     pub origin: Option<PathBuf>,
     pub served_as: &'static str,
     pub path: PathBuf,
+    /// Bytes the daemon holds for this image: arrays in memory, and the memfds of the files
+    /// written in the mount it was made from.
+    pub memory_bytes: u64,
 }
 
 struct Entry {
     image: Image,
     version: Arc<Version>,
+    /// The memfds of the files written in the mount this image was made from: their memory
+    /// counts against the mount's limit while the image holds it.
+    held: Vec<Arc<Memfd>>,
 }
 
 /// The images of one mount.
@@ -209,9 +216,10 @@ pub struct Catalog {
     invalidate: RwLock<Option<Arc<dyn Invalidate>>>,
     /// Decompressed segments of every compressed original of the mount, under one budget.
     gz_cache: Arc<GzCache>,
-    /// Images made from files written in the mount, with the file each was written as: its
-    /// "original" is that file's memory, not a file on disk.
-    written: Mutex<HashMap<String, PathBuf>>,
+    /// Images made from files written in the mount, with the file each was written as (None
+    /// once that file was removed or moved away): its "original" is that file's memory, not a
+    /// file on disk.
+    written: Mutex<HashMap<String, Option<PathBuf>>>,
     /// Files written in the mount with an image's name that did not become images, and why.
     plain: Mutex<BTreeMap<PathBuf, String>>,
     pub stats: Stats,
@@ -337,6 +345,11 @@ impl Catalog {
             .ok_or_else(|| CatalogError::UnknownName(name.to_string()))
     }
 
+    /// Loads an image from `path`; a compressed one shares the mount's gzip cache.
+    pub fn load(&self, path: &Path) -> Result<Image, ImageError> {
+        Image::load_with(path, &self.gz_cache)
+    }
+
     /// Loads an image's header from a file and serves it as `name`.
     pub fn add(&self, name: &str, path: &Path) -> Result<Summary, CatalogError> {
         check_name(name)?;
@@ -358,7 +371,11 @@ impl Catalog {
         check_name(name)?;
         let version = self.build_version(&image);
         let summary = {
-            let entry = Entry { image, version };
+            let entry = Entry {
+                image,
+                version,
+                held: Vec::new(),
+            };
             let summary = self.summarize(name, &entry);
             let mut entries = self.entries.write();
             if entries.contains_key(name) {
@@ -380,33 +397,70 @@ impl Catalog {
         self.with_fresh(name, |entry| {
             entry.version = self.build_version(&image);
             entry.image = image;
+            entry.held.clear();
             self.summarize(name, entry)
         })
     }
 
-    /// Serves an image made from a file written in the mount as `file`, replacing an earlier
-    /// version made the same way; an image of that name from elsewhere is left alone.
-    pub fn adopt(&self, name: &str, image: Image, file: PathBuf) -> Result<Summary, CatalogError> {
+    /// Serves an image made from a file written in the mount as `file` (holding the memfds
+    /// `held`), replacing an earlier version made the same way; an image of that name from
+    /// elsewhere is left alone. The check and the change are one step: an image added under
+    /// the name meanwhile is never replaced.
+    pub fn adopt(
+        &self,
+        name: &str,
+        image: Image,
+        file: PathBuf,
+        held: Vec<Arc<Memfd>>,
+    ) -> Result<Summary, CatalogError> {
         check_name(name)?;
+        let version = self.build_version(&image);
+        let entry = Arc::new(Mutex::new(Entry {
+            image,
+            version,
+            held,
+        }));
         {
-            let written = self.written.lock();
-            if self.entries.read().contains_key(name) && !written.contains_key(name) {
+            let mut entries = self.entries.write();
+            let mut written = self.written.lock();
+            if entries.contains_key(name) && !written.contains_key(name) {
                 return Err(CatalogError::NameTaken(name.to_string()));
             }
+            // A new entry, not the old one changed in place: whoever holds the old one only
+            // sees a version no longer served, as after `rm`.
+            entries.insert(name.to_string(), entry.clone());
+            written.insert(name.to_string(), Some(file.clone()));
         }
         self.plain.lock().remove(&file);
-        self.written.lock().insert(name.to_string(), file);
-        self.replace(name, image)
+        self.notify(name);
+        let entry = entry.lock();
+        Ok(self.summarize(name, &entry))
+    }
+
+    /// A file written in the mount was removed (`to` None) or renamed to `to`: an image
+    /// made from it now names the new path, or, with none, its served file.
+    pub fn written_file_moved(&self, from: &Path, to: Option<&Path>) {
+        let mut written = self.written.lock();
+        for file in written.values_mut() {
+            if file.as_deref() == Some(from) {
+                *file = to.map(Path::to_path_buf);
+            } else if to.is_some() && file.as_deref() == to {
+                // Replaced by the renamed file, whose bytes the image was not made from.
+                *file = None;
+            }
+        }
+        drop(written);
+        let mut plain = self.plain.lock();
+        if let Some(why) = plain.remove(from)
+            && let Some(to) = to
+        {
+            plain.insert(to.to_path_buf(), why);
+        }
     }
 
     /// Records why a file written in the mount with an image's name stays a plain file.
     pub fn note_plain(&self, file: PathBuf, why: String) {
         self.plain.lock().insert(file, why);
-    }
-
-    /// Forgets the notes about a written file (it was removed or renamed).
-    pub fn forget_plain(&self, file: &Path) {
-        self.plain.lock().remove(file);
     }
 
     /// Files written in the mount that did not become images, with why.
@@ -460,8 +514,12 @@ impl Catalog {
             let Some(origin) = entry.image.origin() else {
                 return Ok(self.mount_path(name));
             };
-            if let Some(file) = written.filter(|_| entry.image.state().is_clean()) {
-                return Ok(file);
+            if let Some(file) = written {
+                // The file it was written as while that still holds its bytes; the served
+                // file otherwise (the image's "original" is memory, never a path on disk).
+                return Ok(file
+                    .filter(|_| entry.image.state().is_clean())
+                    .unwrap_or_else(|| self.mount_path(name)));
             }
             if let Some(why) = origin.unreadable() {
                 return Err(CatalogError::Image {
@@ -523,10 +581,15 @@ impl Catalog {
             }
             reasons.insert(
                 0,
-                format!(
-                    "written in the mount as {}; no original on disk",
-                    file.display()
-                ),
+                match file {
+                    Some(file) => format!(
+                        "written in the mount as {}; no original on disk",
+                        file.display()
+                    ),
+                    None => "written in the mount (that file was removed since); no original \
+                             on disk"
+                        .to_string(),
+                },
             );
             origin = None;
         }
@@ -551,9 +614,11 @@ impl Catalog {
                 Body::Broken(_) => "unavailable",
             },
             path: match written {
-                Some(file) if state.is_clean() => file,
+                Some(Some(file)) if state.is_clean() => file,
                 _ => self.mount_path(name),
             },
+            memory_bytes: image.memory_bytes()
+                + entry.held.iter().map(|m| m.charged()).sum::<u64>(),
         }
     }
 

@@ -1100,8 +1100,8 @@ fn print_ls(images: &Value) {
         return;
     }
     println!(
-        "{:<20} {:<12} {:<18} {:<16} {:<10} {:>12}  ORIGIN / STATE",
-        "NAME", "SERVED", "FORMAT", "SHAPE", "DTYPE", "SIZE"
+        "{:<20} {:<12} {:<18} {:<16} {:<10} {:>12} {:>12}  ORIGIN / STATE",
+        "NAME", "SERVED", "FORMAT", "SHAPE", "DTYPE", "SIZE", "MEMORY"
     );
     for img in list {
         let shape: Vec<String> = img["shape"]
@@ -1111,13 +1111,14 @@ fn print_ls(images: &Value) {
             .map(|d| d.to_string())
             .collect();
         println!(
-            "{:<20} {:<12} {:<18} {:<16} {:<10} {:>12}  {}",
+            "{:<20} {:<12} {:<18} {:<16} {:<10} {:>12} {:>12}  {}",
             compact(&img["name"]),
             compact(&img["served_as"]),
             compact(&img["format"]),
             shape.join("x"),
             compact(&img["dtype"]),
             compact(&img["size"]),
+            compact(&img["memory_bytes"]),
             compact(&img["origin"]),
         );
         println!("{:<20} {}", "", compact(&img["state"]));

@@ -39,10 +39,8 @@ pub struct MountSettings {
     pub allow_other: bool,
     /// Never use kernel passthrough: clean files are served by forwarding reads.
     pub no_passthrough: bool,
-    /// Refuse every write (today's behaviour before writing existed).
+    /// Mount read-only (`ro`): the kernel refuses every write.
     pub read_only: bool,
-    /// Bytes that files written in the mount may hold together (0: half the machine's RAM).
-    pub max_memory: u64,
 }
 
 /// Backing files registered with the kernel, one per inode while any handle is open.
@@ -262,9 +260,10 @@ impl Filesystem for ImageFs {
             // direct_io, so that shared writable mappings (MRtrix3 writes through one) work.
             Ok(Opened::Written { fh, backing }) => {
                 if let Some(memfd) = backing
-                    && let Some(id) = self.bind_backing(ino.0, fh, &memfd, "a written file", |f| {
-                        reply.open_backing(f)
-                    })
+                    && let Some(id) =
+                        self.bind_backing(ino.0, fh, &memfd.file, "a written file", |f| {
+                            reply.open_backing(f)
+                        })
                 {
                     return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                 }
@@ -290,7 +289,7 @@ impl Filesystem for ImageFs {
                 let file_attr = self.file_attr(&attr);
                 if let Some(memfd) = backing
                     && let Some(id) =
-                        self.bind_backing(attr.ino, fh, &memfd, "a written file", |f| {
+                        self.bind_backing(attr.ino, fh, &memfd.file, "a written file", |f| {
                             reply.open_backing(f)
                         })
                 {
@@ -571,14 +570,11 @@ impl Filesystem for ImageFs {
         reply.error(Errno::ENOSYS);
     }
 
-    /// Files are readable, never executable; directories (the root, written ones) can be
-    /// entered. Whether a file can be written is the open's to say.
     fn access(&self, _: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let is_dir = || self.vfs.getattr(ino.0).is_ok_and(|a| a.is_dir);
-        if mask.contains(AccessFlags::X_OK) && !is_dir() {
-            reply.error(Errno::from_i32(libc::EACCES));
-        } else {
-            reply.ok();
+        let execute = mask.contains(AccessFlags::X_OK);
+        match caught("access", || self.vfs.access(ino.0, execute)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -651,14 +647,15 @@ impl Invalidate for NotifierInvalidate {
     }
 }
 
-/// Mounts a catalog at `dir`; the caller runs or spawns the session.
 /// Mounts `dir` through `fusermount3` (see [`crate::fusermount`] for why) and wraps the FUSE
-/// device in a session. Keep the watcher for as long as the session serves.
+/// device in a session serving `vfs`; the caller runs or spawns the session. Keep the watcher
+/// for as long as the session serves.
 pub fn mount(
-    catalog: Arc<Catalog>,
+    vfs: Vfs,
     dir: &Path,
     settings: &MountSettings,
 ) -> std::io::Result<(Session<ImageFs>, Watcher)> {
+    let catalog = vfs.catalog().clone();
     let mut options = vec![
         if settings.read_only { "ro" } else { "rw" },
         "nosuid",
@@ -679,15 +676,6 @@ pub fn mount(
     config.acl = acl;
     config.n_threads = Some(4);
     config.clone_fd = true;
-    let vfs = if settings.read_only {
-        Vfs::new(catalog.clone())
-    } else {
-        let limit = match settings.max_memory {
-            0 => half_of_ram(),
-            n => n,
-        };
-        Vfs::with_writing(catalog.clone(), Some(crate::written::Budget::new(limit)))
-    };
     let session = Session::from_fd(
         ImageFs::with_vfs(vfs, !settings.no_passthrough),
         device,
@@ -699,19 +687,6 @@ pub fn mount(
         notifier: session.notifier(),
     }));
     Ok((session, watcher))
-}
-
-/// The default limit on written files: half the machine's RAM, as tmpfs takes by default.
-fn half_of_ram() -> u64 {
-    // SAFETY: sysinfo fills the struct it is given and touches no other memory.
-    let info = unsafe {
-        let mut info: libc::sysinfo = std::mem::zeroed();
-        if libc::sysinfo(&mut info) != 0 {
-            return 1 << 30;
-        }
-        info
-    };
-    (info.totalram as u64).saturating_mul(info.mem_unit as u64) / 2
 }
 
 /// Raises the mount's readahead window (the kernel's default for FUSE is 128 KiB), so that

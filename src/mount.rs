@@ -10,6 +10,8 @@ use crate::control::{self, server};
 use crate::fuse::{self, MountSettings};
 use crate::fusermount::Watcher;
 use crate::image::{DirtyState, Image, ImageError};
+use crate::vfs::Vfs;
+use crate::written::Budget;
 
 /// Options for a mount.
 #[derive(Clone, Debug, Default)]
@@ -50,7 +52,7 @@ impl Mount {
             dir.clone(),
             options.gzip_cache_bytes,
         ));
-        let (session, watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+        let (session, watcher) = fuse::mount(vfs(&catalog, options), &dir, &settings(options))?;
         let socket = if options.control {
             let path = control::socket_path(&dir)?;
             let listener = server::bind(&path)?;
@@ -134,8 +136,32 @@ fn settings(options: &MountOptions) -> MountSettings {
         allow_other: options.allow_other,
         no_passthrough: options.no_passthrough,
         read_only: options.read_only,
-        max_memory: options.max_memory,
     }
+}
+
+/// The kernel's view of the catalog: read-only, or writable within the memory limit.
+fn vfs(catalog: &Arc<Catalog>, options: &MountOptions) -> Vfs {
+    if options.read_only {
+        return Vfs::new(catalog.clone());
+    }
+    let limit = match options.max_memory {
+        0 => half_of_ram(),
+        n => n,
+    };
+    Vfs::with_writing(catalog.clone(), Some(Budget::new(limit)))
+}
+
+/// The default limit on written files: half the machine's RAM, as tmpfs takes by default.
+fn half_of_ram() -> u64 {
+    // SAFETY: sysinfo fills the struct it is given and touches no other memory.
+    let info = unsafe {
+        let mut info: libc::sysinfo = std::mem::zeroed();
+        if libc::sysinfo(&mut info) != 0 {
+            return 1 << 30;
+        }
+        info
+    };
+    (info.totalram as u64).saturating_mul(info.mem_unit as u64) / 2
 }
 
 /// Creates the mount point, and clears a dead mount left there by a daemon that died.
@@ -221,7 +247,7 @@ pub fn run_daemon(
         options.gzip_cache_bytes,
     ));
     // The watcher lives until this returns: dropped, it lets fusermount3 go.
-    let (session, _watcher) = fuse::mount(catalog.clone(), &dir, &settings(options))?;
+    let (session, _watcher) = fuse::mount(vfs(&catalog, options), &dir, &settings(options))?;
     let socket = control::socket_path(&dir)?;
     let listener = server::bind(&socket)?;
     let _guard = server::SocketGuard(socket);

@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{Attr, Body, Catalog, FsError, ROOT_INO, Version, attr_of};
 use crate::image::FileSource;
 use crate::render::Chunk;
-use crate::written::{Budget, Node, Tree, WriteError, WrittenFile};
+use crate::written::{Budget, Memfd, Node, Tree, WriteError, WrittenFile};
 
 /// What an open file handle reads from.
 enum Handle {
@@ -44,15 +44,18 @@ enum Served {
 const IMAGE_SUFFIXES: [&str; 6] = [".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz"];
 
 /// Where the daemon shows itself its written files under their names, for the image loader,
-/// which knows a file's format by its name: a private directory of links to the memfds, and
-/// the memfds each image was made from (their descriptors must stay open for the links).
+/// which knows a file's format by its name: a private directory with a subdirectory of links
+/// to the memfds per load, removed once the load is done (the image keeps descriptors of its
+/// own; a link left behind would name whatever file reuses the descriptor number).
 struct Links {
     dir: tempfile::TempDir,
     next: u64,
-    /// Per image, the memfds of its current and its previous version: a compressed image
-    /// reads its file again when first read, and a reader of the previous version may still
-    /// be at its start.
-    held: HashMap<String, [Vec<Arc<std::fs::File>>; 2]>,
+}
+
+/// Whether a written file's name is a pair's header (`.hdr`, `.hdr.gz`), the file an image
+/// of the pair is loaded from.
+fn is_pair_header(name: &str) -> bool {
+    name.ends_with(".hdr") || name.ends_with(".hdr.gz")
 }
 
 /// The other file of a pair (`x.hdr` for `x.img`, keeping `.gz`), or None for a `.nii`.
@@ -89,7 +92,7 @@ pub enum Opened {
     /// and [`Vfs::write`].
     Written {
         fh: u64,
-        backing: Option<Arc<std::fs::File>>,
+        backing: Option<Arc<Memfd>>,
     },
 }
 
@@ -147,7 +150,7 @@ impl Vfs {
         file: Arc<WrittenFile>,
         write: bool,
         changes: u64,
-    ) -> Result<(u64, Option<Arc<std::fs::File>>), FsError> {
+    ) -> Result<(u64, Option<Arc<Memfd>>), FsError> {
         let passthrough = self.written_passthrough.load(Ordering::Relaxed);
         let mut handles = self.handles.write();
         let backing = if passthrough {
@@ -302,7 +305,7 @@ impl Vfs {
         parent: u64,
         name: &OsStr,
         exclusive: bool,
-    ) -> Result<(Attr, u64, Option<Arc<std::fs::File>>), FsError> {
+    ) -> Result<(Attr, u64, Option<Arc<Memfd>>), FsError> {
         self.check_not_image(parent, name)?;
         let file = {
             let mut tree = self.tree()?.lock();
@@ -329,8 +332,10 @@ impl Vfs {
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
         self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
-        self.catalog
-            .forget_plain(&self.catalog.mount_dir().join(name));
+        if parent == ROOT_INO {
+            self.catalog
+                .written_file_moved(&self.catalog.mount_dir().join(name), None);
+        }
         Ok(())
     }
 
@@ -357,6 +362,15 @@ impl Vfs {
             Self::utf8(new_name)?,
             no_replace,
         )?;
+        // Only the root's files become images; one moved below it is no image's file.
+        let root = self.catalog.mount_dir();
+        let to = (new_parent == ROOT_INO).then(|| root.join(new_name));
+        if parent == ROOT_INO {
+            self.catalog
+                .written_file_moved(&root.join(name), to.as_deref());
+        } else if let Some(to) = &to {
+            self.catalog.written_file_moved(to, None);
+        }
         Ok(())
     }
 
@@ -444,6 +458,17 @@ impl Vfs {
     /// How many versions the kernel still holds by inode (for tests and `stats`).
     pub fn kernel_held_versions(&self) -> usize {
         self.kernel_refs.lock().len()
+    }
+
+    /// Whether `ino` may be accessed so: files are readable, never executable; directories
+    /// (the root, written ones) can be entered. Whether a file can be written is the open's
+    /// to say.
+    pub fn access(&self, ino: u64, execute: bool) -> Result<(), FsError> {
+        let attr = self.getattr(ino)?;
+        if execute && !attr.is_dir {
+            return Err(FsError::Denied("files in the mount are never executable"));
+        }
+        Ok(())
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -663,29 +688,43 @@ impl Vfs {
         let header_name = members
             .iter()
             .map(|(n, _)| n.clone())
-            .find(|n| !n.contains(".img"))
+            .find(|n| is_pair_header(n))
             .unwrap_or_else(|| name.clone());
         let image_name = crate::catalog::name_from_path(std::path::Path::new(&header_name));
+        // Each member's memfd is marked as an image's before the load, so that no change can
+        // reach the bytes being loaded; the mark is taken back if no image is made.
+        let shared: Vec<(&Arc<WrittenFile>, Arc<Memfd>, bool)> = members
+            .iter()
+            .map(|(_, file)| {
+                let (memfd, was) = file.share();
+                (file, memfd, was)
+            })
+            .collect();
         let outcome = image_name
             .ok_or_else(|| "no image name can be taken from it".to_string())
             .and_then(|image_name| {
-                let (path, held) = self.link(&members)?;
-                let image = crate::image::Image::load(&path.join(&header_name))
-                    .map_err(|e| e.to_string())?;
-                let summary = self
-                    .catalog
+                let held: Vec<(String, Arc<Memfd>)> = members
+                    .iter()
+                    .zip(&shared)
+                    .map(|((name, _), (_, memfd, _))| (name.clone(), memfd.clone()))
+                    .collect();
+                let image = self.load_linked(&held, &header_name)?;
+                self.catalog
                     .adopt(
                         &image_name,
                         image,
                         self.catalog.mount_dir().join(&header_name),
+                        held.into_iter().map(|(_, memfd)| memfd).collect(),
                     )
-                    .map_err(|e| e.to_string())?;
-                if let Some(links) = self.links.lock().as_mut() {
-                    let kept = links.held.entry(image_name).or_default();
-                    kept[1] = std::mem::replace(&mut kept[0], held);
-                }
-                Ok(summary)
+                    .map_err(|e| e.to_string())
             });
+        if outcome.is_err() {
+            for (file, memfd, was) in &shared {
+                if !was {
+                    file.unshare_unused(memfd);
+                }
+            }
+        }
         match outcome {
             Ok(summary) => log::info!("{} is now image '{}'", mount_file.display(), summary.name),
             Err(why) => {
@@ -708,40 +747,53 @@ impl Vfs {
             .unwrap_or_default()
     }
 
-    /// Links each member's memfd under its name in a fresh private directory; returns the
-    /// directory and the memfds, which must stay open while the image may read them.
-    #[allow(clippy::type_complexity)]
-    fn link(
+    /// Loads the image `header_name` from memfds shown under their names (links in a fresh
+    /// private directory, removed once the load is done: the image checks and reads the
+    /// memfds through descriptors of its own).
+    fn load_linked(
         &self,
-        members: &[(String, Arc<WrittenFile>)],
-    ) -> Result<(std::path::PathBuf, Vec<Arc<std::fs::File>>), String> {
+        members: &[(String, Arc<Memfd>)],
+        header_name: &str,
+    ) -> Result<crate::image::Image, String> {
         use std::os::fd::AsRawFd;
-        let mut links = self.links.lock();
-        if links.is_none() {
-            let base = crate::control::control_dir().map_err(|e| e.to_string())?;
-            // A fresh 0700 directory made here: nothing in it was planted by another user.
-            let dir = tempfile::Builder::new()
-                .prefix("written-")
-                .tempdir_in(base)
-                .map_err(|e| e.to_string())?;
-            *links = Some(Links {
-                dir,
-                next: 0,
-                held: HashMap::new(),
-            });
-        }
-        let links = links.as_mut().expect("made above");
-        links.next += 1;
-        let dir = links.dir.path().join(links.next.to_string());
+        let dir = {
+            let mut links = self.links.lock();
+            if links.is_none() {
+                let base = crate::control::control_dir().map_err(|e| e.to_string())?;
+                // A fresh 0700 directory made here: nothing in it was planted by another user.
+                let dir = tempfile::Builder::new()
+                    .prefix("written-")
+                    .tempdir_in(base)
+                    .map_err(|e| e.to_string())?;
+                *links = Some(Links { dir, next: 0 });
+            }
+            let links = links.as_mut().expect("made above");
+            links.next += 1;
+            links.dir.path().join(links.next.to_string())
+        };
         std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
-        let mut held = Vec::new();
-        for (name, file) in members {
-            let (fd, _) = file.share();
-            let target = format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd());
-            std::os::unix::fs::symlink(target, dir.join(name)).map_err(|e| e.to_string())?;
-            held.push(fd);
+        let loaded = (|| {
+            let mut pins = Vec::new();
+            for (name, memfd) in members {
+                let target = format!("/proc/{}/fd/{}", std::process::id(), memfd.file.as_raw_fd());
+                let link = dir.join(name);
+                std::os::unix::fs::symlink(target, &link).map_err(|e| e.to_string())?;
+                pins.push((link, memfd.file.try_clone().map_err(|e| e.to_string())?));
+            }
+            let image = self
+                .catalog
+                .load(&dir.join(header_name))
+                .map_err(|e| e.to_string())?;
+            if let Some(origin) = image.origin() {
+                origin.pin(pins);
+            }
+            Ok(image)
+        })();
+        // Only links made above are in it: removing them follows none.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            log::warn!("{}: {e}", dir.display());
         }
-        Ok((dir, held))
+        loaded
     }
 }
 
@@ -750,7 +802,7 @@ mod tests {
     use super::*;
     use crate::format::{ByteOrder, Flavor, Header, affine};
     use crate::image::{Image, VoxelBuffer};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     fn catalog_with(name: &str) -> Vfs {
         let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
@@ -852,5 +904,126 @@ mod tests {
             assert_eq!(refused.unwrap_err().errno(), libc::EACCES);
         }
         assert_eq!(catalog.getattr(image.ino).unwrap().size, image.size);
+    }
+
+    /// A small NIfTI file's bytes, as the mount renders one.
+    fn nifti_bytes() -> Vec<u8> {
+        let vfs = catalog_with("src");
+        let attr = vfs.lookup(ROOT_INO, OsStr::new("src.nii")).unwrap();
+        let Opened::Rendered { fh } = vfs.open(attr.ino, false).unwrap() else {
+            panic!("an in-memory image is rendered");
+        };
+        vfs.read(fh, 0, 1 << 20).unwrap().to_vec()
+    }
+
+    fn writable(limit: u64) -> (Vfs, Arc<Budget>) {
+        let budget = Budget::new(limit);
+        let catalog = Arc::new(Catalog::new(PathBuf::from("/nowhere")));
+        (Vfs::with_writing(catalog, Some(budget.clone())), budget)
+    }
+
+    /// Writes `bytes` at the start of `name` in the root and closes it; the file's inode.
+    fn write_file(vfs: &Vfs, name: &str, bytes: &[u8]) -> Result<u64, FsError> {
+        let (attr, fh, _) = vfs.create(ROOT_INO, OsStr::new(name), false)?;
+        let written = vfs.write(fh, 0, bytes);
+        vfs.release(fh);
+        written.map(|_| attr.ino)
+    }
+
+    /// Memfds of written files this process has open.
+    fn open_memfds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().contains("imgfs-written"))
+            .count()
+    }
+
+    #[test]
+    fn an_outputs_memory_counts_while_an_image_holds_it_and_is_freed_when_both_are_gone() {
+        let bytes = nifti_bytes();
+        let n = bytes.len() as u64;
+        let (vfs, budget) = writable(3 * n);
+        let ino = write_file(&vfs, "out.nii", &bytes).unwrap();
+        assert_eq!(vfs.catalog().names(), ["out"]);
+        assert_eq!(budget.used(), n, "the file and its image share one memfd");
+
+        // A rewrite goes to a copy while the image holds the first version: both count.
+        let (_, fh, _) = vfs.create(ROOT_INO, OsStr::new("out.nii"), false).unwrap();
+        vfs.write(fh, 0, &bytes).unwrap();
+        assert_eq!(budget.used(), 2 * n);
+        vfs.release(fh);
+        assert_eq!(budget.used(), n, "the replaced image let its memfd go");
+
+        vfs.catalog().remove("out").unwrap();
+        vfs.unlink(ROOT_INO, OsStr::new("out.nii")).unwrap();
+        vfs.forget(ino, u64::MAX);
+        assert_eq!(budget.used(), 0);
+        assert_eq!(open_memfds(), 0);
+        let links = vfs.links_dir();
+        assert_eq!(std::fs::read_dir(&links).unwrap().count(), 0, "{links}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_written_again_in_place_not_copied() {
+        let (vfs, budget) = writable(150);
+        write_file(&vfs, "bad.nii", &[b'x'; 100]).unwrap();
+        assert_eq!(vfs.catalog().plain_files().len(), 1);
+        write_file(&vfs, "bad.nii", b"y").expect("no copy, so no more memory");
+        assert_eq!(budget.used(), 100);
+    }
+
+    #[test]
+    fn path_follows_a_written_file_that_is_renamed_and_falls_back_once_it_is_removed() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&nifti_bytes()).unwrap();
+        let (vfs, _) = writable(1 << 20);
+        write_file(&vfs, "y.nii.gz", &gz.finish().unwrap()).unwrap();
+        let catalog = vfs.catalog();
+        assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/y.nii.gz"));
+
+        let (root, name) = (ROOT_INO, OsStr::new);
+        vfs.rename(root, name("y.nii.gz"), root, name("z.nii.gz"), false)
+            .unwrap();
+        assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/z.nii.gz"));
+        vfs.unlink(root, name("z.nii.gz")).unwrap();
+        assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/y.nii"));
+        assert_eq!(
+            catalog.summary("y").unwrap().path,
+            Path::new("/nowhere/y.nii")
+        );
+        assert!(
+            catalog.state("y").unwrap().is_clean(),
+            "its memory is still there"
+        );
+    }
+
+    #[test]
+    fn an_output_never_replaces_an_image_of_its_name_from_elsewhere() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&nifti_bytes()).unwrap();
+        let (vfs, _) = writable(1 << 20);
+        let data = VoxelBuffer::from_vec(&[2, 2, 2], &[1.0f32; 8]);
+        let header = Header::new(Flavor::Nifti1, ByteOrder::Little);
+        let image = Image::from_parts(header, affine::IDENTITY, vec![], data).unwrap();
+        vfs.catalog().insert("t", image).unwrap();
+        write_file(&vfs, "t.nii.gz", &gz.finish().unwrap()).unwrap();
+        let summary = vfs.catalog().summary("t").unwrap();
+        assert!(!summary.state.contains("written"), "{summary:?}");
+        let plain = vfs.catalog().plain_files();
+        assert!(plain[0].1.contains("exists already"), "{plain:?}");
+    }
+
+    #[test]
+    fn an_images_memory_is_its_arrays_and_the_memfds_it_was_made_from() {
+        let vfs = catalog_with("a");
+        assert_eq!(vfs.catalog().summary("a").unwrap().memory_bytes, 8 * 4);
+        let bytes = nifti_bytes();
+        let (vfs, _) = writable(1 << 20);
+        write_file(&vfs, "out.nii", &bytes).unwrap();
+        let summary = vfs.catalog().summary("out").unwrap();
+        assert_eq!(summary.memory_bytes, bytes.len() as u64);
     }
 }

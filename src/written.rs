@@ -36,6 +36,8 @@ pub enum WriteError {
     TooLarge,
     #[error("busy: {0}")]
     Busy(&'static str),
+    #[error("invalid: {0}")]
+    Invalid(&'static str),
     #[error("{0}")]
     Io(String),
 }
@@ -51,6 +53,7 @@ impl WriteError {
             WriteError::NoSpace { .. } => libc::ENOSPC,
             WriteError::TooLarge => libc::EFBIG,
             WriteError::Busy(_) => libc::EBUSY,
+            WriteError::Invalid(_) => libc::EINVAL,
             WriteError::Io(_) => libc::EIO,
         }
     }
@@ -114,7 +117,64 @@ impl Budget {
     }
 }
 
-/// One written file: a memfd and its length (which the budget counts).
+/// A memfd and the bytes the budget counts for it. A written file and the images made from it
+/// share one: its bytes count once, for as long as any of them holds it, and come back to the
+/// budget when the last lets go.
+#[derive(Debug)]
+pub struct Memfd {
+    pub file: File,
+    charged: AtomicU64,
+    budget: Arc<Budget>,
+}
+
+impl Memfd {
+    fn new(budget: Arc<Budget>) -> Result<Memfd, WriteError> {
+        // SAFETY: the name is a NUL-terminated literal; the call touches no other memory.
+        let fd = unsafe { libc::memfd_create(c"imgfs-written".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(WriteError::Io(io::Error::last_os_error().to_string()));
+        }
+        Ok(Memfd {
+            // SAFETY: memfd_create just returned this descriptor, and nothing else owns it.
+            file: unsafe { File::from_raw_fd(fd) },
+            charged: AtomicU64::new(0),
+            budget,
+        })
+    }
+
+    /// The bytes counted for this memfd.
+    pub fn charged(&self) -> u64 {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// Counts `more` bytes for it, or refuses past the limit.
+    fn charge(&self, more: u64) -> Result<(), WriteError> {
+        self.budget.take(more)?;
+        self.charged.fetch_add(more, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts `more` bytes already written past the daemon (kernel passthrough).
+    fn charge_anyway(&self, more: u64) {
+        self.budget.add(more);
+        self.charged.fetch_add(more, Ordering::Relaxed);
+    }
+
+    fn refund(&self, less: u64) {
+        let less = less.min(self.charged());
+        self.charged.fetch_sub(less, Ordering::Relaxed);
+        self.budget.give_back(less);
+    }
+}
+
+impl Drop for Memfd {
+    fn drop(&mut self) {
+        // The memfd closes with it: its memory is free again.
+        self.budget.give_back(*self.charged.get_mut());
+    }
+}
+
+/// One written file: a memfd and its length (which the memfd's charge follows).
 #[derive(Debug)]
 pub struct WrittenFile {
     pub ino: u64,
@@ -124,7 +184,7 @@ pub struct WrittenFile {
 
 #[derive(Debug)]
 struct FileState {
-    fd: Arc<File>,
+    fd: Arc<Memfd>,
     len: u64,
     mtime: SystemTime,
     /// Counts changes, so a closing writer can tell whether it changed anything.
@@ -138,16 +198,6 @@ struct FileState {
     bound: u64,
 }
 
-fn memfd() -> Result<File, WriteError> {
-    // SAFETY: the name is a NUL-terminated literal; the call touches no other memory.
-    let fd = unsafe { libc::memfd_create(c"imgfs-written".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(WriteError::Io(io::Error::last_os_error().to_string()));
-    }
-    // SAFETY: memfd_create just returned this descriptor, and nothing else owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// The kernel allows files up to this size on tmpfs (MAX_LFS_FILESIZE); past it, EFBIG.
 const MAX_FILE: u64 = i64::MAX as u64;
 
@@ -156,7 +206,7 @@ impl WrittenFile {
         Ok(WrittenFile {
             ino,
             state: Mutex::new(FileState {
-                fd: Arc::new(memfd()?),
+                fd: Arc::new(Memfd::new(budget.clone())?),
                 len: 0,
                 mtime: SystemTime::now(),
                 changes: 0,
@@ -173,31 +223,41 @@ impl WrittenFile {
     }
 
     /// Hands the memfd over to an image: it is never changed again, and the file's next
-    /// change goes to a copy. Returns the memfd and the length it holds.
-    pub fn share(&self) -> (Arc<File>, u64) {
+    /// change goes to a copy. Returns the memfd and whether an image held it already.
+    pub fn share(&self) -> (Arc<Memfd>, bool) {
         let mut state = self.state.lock();
-        state.shared = true;
-        (state.fd.clone(), state.len)
+        let was = std::mem::replace(&mut state.shared, true);
+        (state.fd.clone(), was)
+    }
+
+    /// Takes back [`WrittenFile::share`] when no image was made from `memfd` after all: the
+    /// file's next change then needs no copy.
+    pub fn unshare_unused(&self, memfd: &Arc<Memfd>) {
+        let mut state = self.state.lock();
+        if Arc::ptr_eq(&state.fd, memfd) {
+            state.shared = false;
+        }
     }
 
     /// Before a change: if an image holds the memfd, moves the file to a fresh one holding its
-    /// first `keep` bytes.
-    fn unshare(state: &mut FileState, keep: u64) -> Result<(), WriteError> {
+    /// first `keep` bytes. The copy is memory too: past the limit, ENOSPC.
+    fn unshare(&self, state: &mut FileState, keep: u64) -> Result<(), WriteError> {
         if !state.shared || state.bound > 0 {
             return Ok(());
         }
         let io = |e: io::Error| WriteError::Io(e.to_string());
-        let copy = memfd()?;
+        let copy = Memfd::new(self.budget.clone())?;
+        copy.charge(state.len)?;
         let keep = keep.min(state.len);
         let mut buf = vec![0; 1 << 20];
         let mut at = 0;
         while at < keep {
             let n = (keep - at).min(buf.len() as u64) as usize;
-            state.fd.read_exact_at(&mut buf[..n], at).map_err(io)?;
-            copy.write_all_at(&buf[..n], at).map_err(io)?;
+            state.fd.file.read_exact_at(&mut buf[..n], at).map_err(io)?;
+            copy.file.write_all_at(&buf[..n], at).map_err(io)?;
             at += n as u64;
         }
-        copy.set_len(state.len).map_err(io)?;
+        copy.file.set_len(state.len).map_err(io)?;
         state.fd = Arc::new(copy);
         state.shared = false;
         Ok(())
@@ -206,7 +266,7 @@ impl WrittenFile {
     /// The file's length: the memfd's own, as kernel passthrough writes it without the daemon.
     pub fn len(&self) -> u64 {
         let state = self.state.lock();
-        state.fd.metadata().map_or(state.len, |m| m.len())
+        state.fd.file.metadata().map_or(state.len, |m| m.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,6 +278,7 @@ impl WrittenFile {
         let state = self.state.lock();
         state
             .fd
+            .file
             .metadata()
             .and_then(|m| m.modified())
             .unwrap_or(state.mtime)
@@ -226,11 +287,11 @@ impl WrittenFile {
     /// Readies the file for a writer that the kernel lets write the memfd directly (FUSE
     /// passthrough): refuses past the memory limit, and moves the file off a memfd an image
     /// holds unless the kernel is bound to it. Returns the memfd to hand the kernel.
-    pub fn open_for_passthrough(&self, write: bool) -> Result<Arc<File>, WriteError> {
+    pub fn open_for_passthrough(&self, write: bool) -> Result<Arc<Memfd>, WriteError> {
         let mut state = self.state.lock();
         if write {
             self.budget.check_room()?;
-            WrittenFile::unshare(&mut state, u64::MAX)?;
+            self.unshare(&mut state, u64::MAX)?;
         }
         state.bound += 1;
         Ok(state.fd.clone())
@@ -246,29 +307,37 @@ impl WrittenFile {
     /// cannot refuse bytes already written) and records a change.
     pub fn settle(&self) {
         let mut state = self.state.lock();
-        let Ok(len) = state.fd.metadata().map(|m| m.len()) else {
+        let Ok(len) = state.fd.file.metadata().map(|m| m.len()) else {
             return;
         };
         if len > state.len {
-            self.budget.add(len - state.len);
+            state.fd.charge_anyway(len - state.len);
         } else {
-            self.budget.give_back(state.len - len);
+            state.fd.refund(state.len - len);
         }
         state.len = len;
         state.changes += 1;
     }
 
-    /// Bytes `[offset, offset + size)`, shorter at the end; a hole reads as zeros.
+    /// Bytes `[offset, offset + size)`, shorter at the end; a hole reads as zeros. A truncate
+    /// meanwhile gives a short read, as on tmpfs: the memfd says where its end is.
     pub fn read(&self, offset: u64, size: usize) -> Result<Vec<u8>, WriteError> {
-        let len = self.len();
-        let end = offset.saturating_add(size as u64).min(len);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0; (end - offset) as usize];
         let fd = self.state.lock().fd.clone();
-        fd.read_exact_at(&mut buf, offset)
-            .map_err(|e| WriteError::Io(e.to_string()))?;
+        let size = fd.file.metadata().map_or(size as u64, |m| {
+            m.len().saturating_sub(offset).min(size as u64)
+        });
+        let mut buf = vec![0; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            let at = offset.saturating_add(got as u64);
+            match fd.file.read_at(&mut buf[got..], at) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(WriteError::Io(e.to_string())),
+            }
+        }
+        buf.truncate(got);
         Ok(buf)
     }
 
@@ -279,19 +348,14 @@ impl WrittenFile {
             .filter(|&end| end <= MAX_FILE)
             .ok_or(WriteError::TooLarge)?;
         let mut state = self.state.lock();
+        self.unshare(&mut state, u64::MAX)?;
         let grow = end.saturating_sub(state.len);
-        self.budget.take(grow)?;
-        let written = WrittenFile::unshare(&mut state, u64::MAX).and_then(|()| {
-            state
-                .fd
-                .write_all_at(data, offset)
-                .map_err(|e| WriteError::Io(e.to_string()))
-        });
-        if let Err(e) = written {
-            self.budget.give_back(grow);
+        state.fd.charge(grow)?;
+        if let Err(e) = state.fd.file.write_all_at(data, offset) {
+            state.fd.refund(grow);
             // A partial write may have grown the memfd: put its length back.
-            let _ = state.fd.set_len(state.len);
-            return Err(e);
+            let _ = state.fd.file.set_len(state.len);
+            return Err(WriteError::Io(e.to_string()));
         }
         state.len = state.len.max(end);
         state.mtime = SystemTime::now();
@@ -305,23 +369,18 @@ impl WrittenFile {
             return Err(WriteError::TooLarge);
         }
         let mut state = self.state.lock();
+        self.unshare(&mut state, len)?;
         if len > state.len {
-            self.budget.take(len - state.len)?;
+            state.fd.charge(len - state.len)?;
         }
-        let done = WrittenFile::unshare(&mut state, len).and_then(|()| {
-            state
-                .fd
-                .set_len(len)
-                .map_err(|e| WriteError::Io(e.to_string()))
-        });
-        if let Err(e) = done {
+        if let Err(e) = state.fd.file.set_len(len) {
             if len > state.len {
-                self.budget.give_back(len - state.len);
+                state.fd.refund(len - state.len);
             }
-            return Err(e);
+            return Err(WriteError::Io(e.to_string()));
         }
         if len < state.len {
-            self.budget.give_back(state.len - len);
+            state.fd.refund(state.len - len);
         }
         state.len = len;
         state.mtime = SystemTime::now();
@@ -333,14 +392,7 @@ impl WrittenFile {
         let mut state = self.state.lock();
         state.mtime = mtime;
         // The memfd's mtime is the one reported: it follows passthrough writes.
-        let _ = state.fd.set_modified(mtime);
-    }
-}
-
-impl Drop for WrittenFile {
-    fn drop(&mut self) {
-        // The memfd closes with it: its memory is free again.
-        self.budget.give_back(self.state.get_mut().len);
+        let _ = state.fd.file.set_modified(mtime);
     }
 }
 
@@ -487,7 +539,7 @@ impl Tree {
             let mut at = new_parent;
             loop {
                 if at == moved {
-                    return Err(WriteError::Io("a directory cannot move into itself".into()));
+                    return Err(WriteError::Invalid("a directory cannot move into itself"));
                 }
                 let up = self.dir(at)?.parent;
                 if up == at {
@@ -567,11 +619,11 @@ mod tests {
         let mut t = tree(1 << 20);
         let a = t.create(1, "a", 2, true).unwrap();
         a.write(0, b"version one").unwrap();
-        let (held, len) = a.share();
+        let (held, _) = a.share();
         a.set_len(0).unwrap();
         a.write(0, b"two").unwrap();
-        let mut old = vec![0; len as usize];
-        held.read_exact_at(&mut old, 0).unwrap();
+        let mut old = vec![0; held.charged() as usize];
+        held.file.read_exact_at(&mut old, 0).unwrap();
         assert_eq!(old, b"version one");
         assert_eq!(a.read(0, 100).unwrap(), b"two");
         let (_, _) = a.share();
@@ -590,7 +642,49 @@ mod tests {
         assert_eq!(t.lookup(1, "a").unwrap_err(), WriteError::NotFound);
         t.mkdir(1, "d", 4).unwrap();
         t.mkdir(4, "e", 5).unwrap();
-        assert!(t.rename(1, "d", 5, "x", false).is_err());
+        let below = t.rename(1, "d", 5, "x", false).unwrap_err();
+        assert_eq!(below.errno(), libc::EINVAL, "as rename(2) answers");
         assert_eq!(t.rmdir(1, "d").unwrap_err(), WriteError::NotEmpty);
+    }
+
+    #[test]
+    fn an_images_memfd_counts_until_its_last_holder_lets_go_and_its_copy_counts_too() {
+        let mut t = tree(25);
+        let a = t.create(1, "a", 2, true).unwrap();
+        a.write(0, &[1; 10]).unwrap();
+        let (held, _) = a.share();
+        // The change goes to a copy, which is memory too.
+        a.write(0, b"x").unwrap();
+        assert_eq!(t.budget.used(), 20);
+        assert_eq!(a.write(10, &[2; 6]).unwrap_err().errno(), libc::ENOSPC);
+        drop(t.unlink(1, "a").unwrap());
+        drop(a);
+        assert_eq!(t.budget.used(), 10, "the image's memfd still counts");
+        drop(held);
+        assert_eq!(t.budget.used(), 0);
+    }
+
+    #[test]
+    fn a_share_taken_back_lets_the_next_change_go_to_the_same_memfd() {
+        let mut t = tree(15);
+        let a = t.create(1, "a", 2, true).unwrap();
+        a.write(0, &[1; 10]).unwrap();
+        let (held, was) = a.share();
+        assert!(!was);
+        a.unshare_unused(&held);
+        drop(held);
+        a.write(0, b"x").unwrap();
+        assert_eq!(t.budget.used(), 10);
+    }
+
+    #[test]
+    fn a_read_past_a_truncate_made_behind_the_daemon_is_short_not_an_error() {
+        let mut t = tree(1 << 20);
+        let a = t.create(1, "a", 2, true).unwrap();
+        a.write(0, b"0123456789").unwrap();
+        // As a passthrough writer would: the memfd shrinks without the daemon.
+        a.state.lock().fd.file.set_len(4).unwrap();
+        assert_eq!(a.read(2, 100).unwrap(), b"23");
+        assert_eq!(a.read(8, 100).unwrap(), b"");
     }
 }

@@ -625,6 +625,26 @@ impl DataObj {
         }
     }
 
+    /// Adds the arrays these numbers are held in (its own, a conversion's and its base's) to
+    /// `arrays`, each once however many data objects share it.
+    pub fn memory_arrays<'a>(&'a self, arrays: &mut Vec<&'a Arc<VoxelBuffer>>) {
+        let mut add = |a: &'a Arc<VoxelBuffer>| {
+            if !arrays.iter().any(|b| Arc::ptr_eq(a, b)) {
+                arrays.push(a);
+            }
+        };
+        match &self.kind {
+            Kind::Memory(data) => add(data),
+            Kind::Converted(c) => {
+                if let Some(data) = c.materialized.get() {
+                    add(data);
+                }
+                c.base.memory_arrays(arrays);
+            }
+            Kind::File(_) | Kind::Gzip(_) => {}
+        }
+    }
+
     /// The array in memory for writing, copied first if a served version still shares it
     /// (so the value stays immutable to everyone who holds a clone).
     pub fn make_mut(&mut self) -> Option<&mut VoxelBuffer> {

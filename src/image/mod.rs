@@ -240,6 +240,17 @@ impl Image {
         &self.data
     }
 
+    /// Bytes of the arrays this image holds in memory (its numbers now, and its original's
+    /// when those are in memory too); 0 for numbers read from a file.
+    pub fn memory_bytes(&self) -> u64 {
+        let mut arrays = Vec::new();
+        self.data.memory_arrays(&mut arrays);
+        if let Some(original) = &self.original {
+            original.memory_arrays(&mut arrays);
+        }
+        arrays.iter().map(|a| a.bytes().len() as u64).sum()
+    }
+
     /// Bumped by every change; the mount gives each generation its own file version.
     pub fn generation(&self) -> u64 {
         self.generation

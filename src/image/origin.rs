@@ -77,6 +77,9 @@ pub struct Origin {
     /// Set once the data in the files turn out unreadable (a truncated or corrupt gzip
     /// stream): found by the first read, which every later one and the state then report.
     unreadable: OnceLock<String>,
+    /// Open descriptors of the files, checked in place of their paths: for files whose paths
+    /// were private links that are gone since load (the memfds of files written in the mount).
+    pinned: OnceLock<Vec<(PathBuf, std::fs::File)>>,
 }
 
 impl Origin {
@@ -86,14 +89,29 @@ impl Origin {
             seen,
             lost: OnceLock::new(),
             unreadable: OnceLock::new(),
+            pinned: OnceLock::new(),
         }
+    }
+
+    /// From now on, the files at these paths are checked through these descriptors: the
+    /// paths may go.
+    pub fn pin(&self, files: Vec<(PathBuf, std::fs::File)>) {
+        let _ = self.pinned.set(files);
     }
 
     /// Compares the files with what was seen at load; the first difference is kept for good.
     pub fn check(&self) -> Option<&str> {
         if self.lost.get().is_none() {
             for (path, identity) in &self.seen {
-                if let Some(why) = identity.difference(path, std::fs::metadata(path)) {
+                let pinned = self
+                    .pinned
+                    .get()
+                    .and_then(|files| files.iter().find(|(p, _)| p == path));
+                let now = match pinned {
+                    Some((_, file)) => file.metadata(),
+                    None => std::fs::metadata(path),
+                };
+                if let Some(why) = identity.difference(path, now) {
                     let _ = self.lost.set(why);
                     break;
                 }

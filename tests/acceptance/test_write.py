@@ -6,6 +6,7 @@ import mmap
 import os
 import shutil
 import subprocess
+import time
 
 import nibabel as nib
 import numpy as np
@@ -377,3 +378,60 @@ def test_a_file_that_does_not_parse_stays_plain_and_ls_says_why(mnt):
     assert f"{bad}: not an image, a plain file:" in text, text
     open(os.path.join(mnt, "notes.json"), "w").write("{}")
     assert "notes" not in ls(mnt)
+
+
+def used(mnt):
+    st = os.statvfs(mnt)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def test_an_outputs_memory_counts_while_its_image_holds_it_and_is_freed_with_both(small, tmp_path):
+    src = tmp_path / "out.nii"
+    nib.save(nib.Nifti1Image(np.ones((100, 100, 10), np.float32), np.eye(4)), src)
+    size = os.path.getsize(src)
+    out = os.path.join(small, "out.nii")
+    shutil.copyfile(src, out)
+    assert "out" in ls(small)
+    assert used(small) // 4096 == -(-size // 4096)
+    # The tool changes its output: the change goes to a copy, the image keeps the first
+    # version, and both are memory.
+    with open(out, "r+b") as f:
+        f.write(b"\0")
+    assert used(small) >= 2 * size
+    with pytest.raises(OSError) as e:
+        open(os.path.join(small, "more.bin"), "wb").write(b"m" * 300_000)
+    assert e.value.errno == errno.ENOSPC
+    os.unlink(os.path.join(small, "more.bin"))
+    ok(imgfs("rm", "out", "--mount", small))
+    os.unlink(out)
+    for _ in range(100):  # the kernel forgets the unlinked file's inode on its own time
+        if used(small) == 0:
+            break
+        time.sleep(0.05)
+    assert used(small) == 0
+    open(os.path.join(small, "big.bin"), "wb").write(b"b" * 1_000_000)
+
+
+def test_a_pair_whose_name_holds_img_is_loaded_from_its_header(mnt, tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Pair(data, np.eye(4)), tmp_path / "run.imgs.hdr")
+    for f in ("run.imgs.hdr", "run.imgs.img"):  # the .img closes last
+        shutil.copyfile(tmp_path / f, os.path.join(mnt, f))
+    path = ok(imgfs("path", "run.imgs", "--mount", mnt)).stdout.strip()
+    assert path == os.path.join(mnt, "run.imgs.hdr")
+    assert np.array_equal(nib.load(os.path.join(mnt, "run.imgs.nii")).get_fdata(), data)
+
+
+def test_ls_shows_each_images_memory(mnt, tmp_path):
+    src = tmp_path / "orig.nii"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)), src)
+    ok(imgfs("add", f"orig={src}", "--mount", mnt))
+    ok(imgfs("set", "orig", "descrip=edited", "--mount", mnt))
+    shutil.copyfile(src, os.path.join(mnt, "out.nii"))
+    images = ls(mnt)
+    assert images["orig"]["memory_bytes"] == 0, images["orig"]  # read from its file on disk
+    assert images["out"]["memory_bytes"] == os.path.getsize(src), images["out"]
+    text = ok(imgfs("ls", "--mount", mnt)).stdout
+    assert "MEMORY" in text.splitlines()[0], text
+    out_line = next(line for line in text.splitlines() if line.startswith("out "))
+    assert f" {os.path.getsize(src)} " in out_line, text
