@@ -265,7 +265,8 @@ impl Catalog {
             .is_some_and(|o| o.file_map.is_single() && !o.file_map.compressed);
         let original = image
             .original_data()
-            .filter(|_| state.is_clean() && single_nii);
+            .filter(|_| state.is_clean() && single_nii)
+            .or_else(|| image.served_file());
         let (body, size) = match original {
             Some(source) => (Body::Original(source.clone()), source.seen.size),
             None => match Rendering::of(image) {
@@ -299,7 +300,10 @@ impl Catalog {
     /// tells the kernel with [`Catalog::notify`] once it has let go of the entry, unless it is
     /// answering a lookup, whose answer already carries the new version.
     fn refresh(&self, entry: &mut Entry) -> bool {
-        let stale_original = entry.version.is_passthrough() && !entry.image.state().is_clean();
+        // A handed-over file is served while the image is unchanged: a new generation.
+        let stale_original = entry.version.is_passthrough()
+            && entry.image.served_file().is_none()
+            && !entry.image.state().is_clean();
         if entry.image.generation() == entry.version.generation && !stale_original {
             return false;
         }

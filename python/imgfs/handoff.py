@@ -32,7 +32,7 @@ from nibabel.filebasedimages import FileBasedImage
 from . import recipe
 from ._control import Connection, PathLike, default_dir, normalize_dir, socket_path
 from .errors import ImgfsError, NameTaken
-from .mount import Mount, Wire, wire_data
+from .mount import Mount, Wire, served_room, wire_data
 
 # what goes over the wire: header bytes, affine, extensions, data, dtype to convert to afterwards
 _WireParts = tuple[
@@ -107,8 +107,9 @@ def put(
     state = _state(img)
     header, affine, extensions, data, retype = _wire_parts(img, {} if _memo is None else _memo)
     name = state.names.get(m.dir)
-    # one memfd for every attempt: frozen once made, so a retry sends the same snapshot
-    with wire_data(data) as wire:
+    # one memfd for every attempt: frozen once made, so a retry sends the same snapshot; laid
+    # out as the served file where it can be, so the mount serves it with no copy
+    with wire_data(data, served_room(header, extensions)) as wire:
         if name is not None:
             summary = m.put_wire(name, header, affine, wire, extensions, replace=True)
         else:

@@ -8,6 +8,7 @@ import fcntl
 import mmap
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -183,9 +184,11 @@ class Mount:
         The voxels go through a memfd the daemon maps. An array from `imgfs.empty`/`zeros`/
         `asarray` (or an F-contiguous native-order view into one) sends its own memfd, no copy,
         and turns copy-on-write for the caller (see imgfs.shm); any other array is copied once
-        into a fresh memfd. Nothing of ours writes to the memfd after it is sent.
+        into a fresh memfd. Nothing of ours writes to the memfd after it is sent. Where the
+        memfd can hold the served file whole (see `served_room`), it is sent `in_place`.
         """
-        with wire_data(data) as wire:
+        extensions = list(extensions)
+        with wire_data(data, served_room(header, extensions)) as wire:
             return self.put_wire(name, header, affine, wire, extensions, replace)
 
     def put_wire(
@@ -204,6 +207,8 @@ class Mount:
         fields: dict[str, Any] = {}
         if wire.offset:
             fields["data_offset"] = wire.offset
+        if wire.in_place:
+            fields["in_place"] = True
         return self.request(
             "put",
             fds=[wire.fd],
@@ -299,14 +304,23 @@ def _unmount(binary: str | None, dir: str) -> None:
 
 class Wire:
     """Voxels ready to send: a memfd (`fd`, ours to close), `offset` bytes in, of `shape` and
-    native `dtype` in file order; `zero_copy` when the memfd is the caller's shared array."""
+    native `dtype` in file order; `zero_copy` when the memfd is the caller's shared array;
+    `in_place` when nothing follows the data and the `offset` bytes before them are free for
+    the served header, so the daemon can make the memfd the served file."""
 
     def __init__(
-        self, fd: int, offset: int, shape: tuple[int, ...], dtype: np.dtype[Any], zero_copy: bool
+        self,
+        fd: int,
+        offset: int,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        zero_copy: bool,
+        in_place: bool = False,
     ) -> None:
         self.fd: int | None = fd
         self.offset, self.shape, self.dtype = offset, shape, dtype
         self.zero_copy = zero_copy
+        self.in_place = in_place
 
     def close(self) -> None:
         if self.fd is not None:
@@ -320,28 +334,50 @@ class Wire:
         self.close()
 
 
-def wire_data(data: npt.ArrayLike) -> Wire:
-    """A Wire for `data`: its own memfd if it is an unsent shared array, else a fresh copy."""
+def served_room(header: bytes, extensions: Iterable[tuple[int, bytes]] = ()) -> int | None:
+    """The bytes to leave before the data in a memfd for the daemon to write the served header
+    and extensions into (a whole number of pages: the data then start at a page-aligned
+    vox_offset, as NIfTI allows); None when that cannot be, for a header not in this machine's
+    byte order (the served file keeps the header's order, the sent data are native), an
+    Analyze header (it has no vox_offset to keep), and extensions that do not end at a page
+    boundary (nibabel reads padding after them as one more extension, and fails)."""
+    header = bytes(header)
+    size = int.from_bytes(header[:4], sys.byteorder) if len(header) >= 4 else 0
+    if size not in (348, 540) or (size == 348 and header[344:347] not in (b"n+1", b"ni1")):
+        return None
+    extensions = list(extensions)
+    # the extension flag, then each extension padded to 16 bytes, as the daemon lays them out
+    needed = size + 4 + sum((len(content) + 8 + 15) // 16 * 16 for _, content in extensions)
+    room = -(-needed // shm.HEADER_ROOM) * shm.HEADER_ROOM
+    return None if extensions and room != needed else room
+
+
+def wire_data(data: npt.ArrayLike, room: int | None = None) -> Wire:
+    """A Wire for `data`: its own memfd if it is an unsent shared array, else a fresh copy;
+    with `room` (from `served_room`), laid out for the daemon to make it the served file where
+    it can be (a copy always; a shared array when it is the whole array and the room fits)."""
     data = np.asarray(data)
     claimed = shm.claim(data)
     if claimed is not None:
-        fd, offset = claimed
-        return Wire(fd, offset, data.shape, data.dtype, True)
+        fd, offset, whole = claimed
+        in_place = whole and room is not None and room == offset
+        return Wire(fd, offset, data.shape, data.dtype, True, in_place)
     fd = shm.new_memfd("imgfs-put")
     try:
-        _fill(fd, data)
+        _fill(fd, data, room or 0)
         shm.seal_size(fd)
     except BaseException:
         os.close(fd)
         raise
-    return Wire(fd, 0, data.shape, data.dtype.newbyteorder("="), False)
+    return Wire(fd, room or 0, data.shape, data.dtype.newbyteorder("="), False, room is not None)
 
 
-def _fill(fd: int, data: np.ndarray[Any, Any]) -> None:
-    """Write `data` into the memfd `fd` in Fortran order and native byte order."""
+def _fill(fd: int, data: np.ndarray[Any, Any], at: int = 0) -> None:
+    """Write `data` into the memfd `fd` from byte `at` (a multiple of the page size) on, in
+    Fortran order and native byte order; the memfd ends with the data."""
     dtype = data.dtype.newbyteorder("=")
     nbytes = data.size * dtype.itemsize
-    os.ftruncate(fd, nbytes)
+    os.ftruncate(fd, at + nbytes)
     if data.flags.f_contiguous and data.dtype == dtype:
         # Already the file's layout: write() straight from the array. Measured on 512 MiB, this
         # takes 0.17 s against 0.4-0.5 s for a copy into a mmap of the memfd, whose cost is one
@@ -350,9 +386,9 @@ def _fill(fd: int, data: np.ndarray[Any, Any]) -> None:
         raw = data.reshape(-1, order="F").view(np.uint8).data
         done = 0
         while done < nbytes:
-            done += os.pwrite(fd, raw[done:], done)
+            done += os.pwrite(fd, raw[done:], at + done)
         return
-    with mmap.mmap(fd, nbytes) as shared:
+    with mmap.mmap(fd, nbytes, offset=at) as shared:
         view = np.ndarray(data.shape, dtype=dtype, buffer=shared, order="F")
         # reorders and byte-swaps on the way, in one pass
         np.copyto(view, data, casting="equiv")

@@ -10,6 +10,11 @@ array. So right before the memfd is sent, the caller's mapping is replaced, at t
 by a MAP_PRIVATE (copy-on-write) mapping of the same memfd: the contents stay, reading costs
 nothing, and the caller's later writes land in private pages while the memfd is never written
 again. The buffer then leaves the registry; later handoffs of it copy, like any other array.
+
+Served layout: the array is mapped from the memfd's second page on; the first page
+(`HEADER_ROOM`), never mapped here, is left for the daemon to write the served header and
+extensions into. A whole array handed over that way makes its memfd the served file itself
+(header, extensions, data at a page-aligned vox_offset), passed through to readers with no copy.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)
 
+# Bytes in front of a shared array's data in its memfd, for the served header (see above).
+HEADER_ROOM = mmap.ALLOCATIONGRANULARITY
+
 
 class _Buffer:
     """One mapping of one memfd, `length` bytes at `addr`; `fd` is None once handed over."""
@@ -55,7 +63,7 @@ _registry_lock = threading.Lock()
 
 
 def _map(fd: int, length: int, flags: int, addr: int | None = None) -> int:
-    got = _libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+    got = _libc.mmap(addr, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, HEADER_ROOM)
     if got == _MAP_FAILED or got is None:
         err = ctypes.get_errno()
         raise OSError(err, f"mmap of the shared array failed: {os.strerror(err)}")
@@ -76,7 +84,8 @@ def _wrap(
     dtype: np.dtype[Any],
     order: Literal["C", "F"],
 ) -> np.ndarray[Any, Any]:
-    """A numpy array on a fresh MAP_SHARED mapping of the memfd `fd` (which it takes over)."""
+    """A numpy array on a fresh MAP_SHARED mapping of the memfd `fd` (which it takes over),
+    from its byte HEADER_ROOM on."""
     length = max(nbytes, 1)  # mmap refuses 0 bytes
     try:
         addr = _map(fd, length, mmap.MAP_SHARED)
@@ -115,7 +124,7 @@ def seal_size(fd: int) -> None:
 def _memfd(nbytes: int, name: str = "imgfs-array") -> int:
     fd = new_memfd(name)
     try:
-        os.ftruncate(fd, nbytes)
+        os.ftruncate(fd, HEADER_ROOM + nbytes)
         seal_size(fd)
     except BaseException:
         os.close(fd)
@@ -168,7 +177,7 @@ def asarray(a: npt.ArrayLike, dtype: npt.DTypeLike | None = None) -> np.ndarray[
     nbytes = a.size * dtype.itemsize
     fd = _memfd(nbytes)
     try:
-        _fill(fd, a if a.dtype == dtype else a.astype(dtype, order="F"))
+        _fill(fd, a if a.dtype == dtype else a.astype(dtype, order="F"), HEADER_ROOM)
     except BaseException:
         os.close(fd)
         raise
@@ -192,9 +201,9 @@ def _native(dtype: np.dtype[Any]) -> bool:
 
 
 def lookup(a: object) -> tuple[_Buffer, int] | None:
-    """(buffer, byte offset) if `a` can be sent as it lies: an array (or view) in a shared
-    buffer not handed over yet, F-contiguous, native byte order, 8-byte aligned offset (the
-    protocol's `data_offset`). None otherwise."""
+    """(buffer, byte offset in it) if `a` can be sent as it lies: an array (or view) in a
+    shared buffer not handed over yet, F-contiguous, native byte order, 8-byte aligned offset
+    (the protocol's `data_offset`, less HEADER_ROOM). None otherwise."""
     if not isinstance(a, np.ndarray) or a.size == 0:
         return None
     owner = _owner(a)
@@ -212,11 +221,12 @@ def lookup(a: object) -> tuple[_Buffer, int] | None:
     return buf, offset
 
 
-def claim(a: object) -> tuple[int, int] | None:
-    """For sending `a` without a copy: (memfd, byte offset), the caller's to close; None if `a`
-    must be copied. The array's mapping turns copy-on-write first, so the memfd keeps exactly
-    the current contents whatever the caller writes from now on, and the buffer leaves the
-    registry (one zero-copy handoff per buffer)."""
+def claim(a: object) -> tuple[int, int, bool] | None:
+    """For sending `a` without a copy: (memfd, byte offset of the data in it, whether `a` is
+    the whole buffer), the memfd the caller's to close; None if `a` must be copied. The array's
+    mapping turns copy-on-write first, so the memfd keeps exactly the current contents whatever
+    the caller writes from now on, and the buffer leaves the registry (one zero-copy handoff per
+    buffer)."""
     found = lookup(a)
     if found is None:
         return None
@@ -229,7 +239,8 @@ def claim(a: object) -> tuple[int, int] | None:
         # memfd. The replacement is atomic (MAP_FIXED), so no access ever sees a hole.
         _map(fd, buf.length, mmap.MAP_PRIVATE | _MAP_FIXED, buf.addr)
         buf.fd = None
-    return fd, offset
+    whole = offset == 0 and isinstance(a, np.ndarray) and a.nbytes == buf.length
+    return fd, HEADER_ROOM + offset, whole
 
 
 def is_shared(a: object) -> bool:

@@ -115,7 +115,9 @@ def test_handoff_sends_the_arrays_own_memfd(mount, sent):
     img = nib.Nifti1Image(a, np.diag([2.0, 2.0, 2.0, 1.0]))
     path = imgfs.as_filename(img, mount)
     assert in_mount(mount, path)
-    assert sent() == [(ino, 0)]  # the very memfd, not a copy
+    # the memfd is the served file: the daemon wrote the header in front of the data
+    assert mount.show(os.path.basename(path)[: -len(".nii")])["served_as"] == "passthrough"
+    assert sent() == [(ino, shm.HEADER_ROOM)]  # the very memfd, not a copy, data after the header
     assert _maps(ino) == ["rw-p"]  # our view: same memfd, now copy-on-write
     assert _maps(ino, mount.ping()["pid"]) == ["r--s"]  # the daemon maps those pages itself
     assert not imgfs.is_shared(a)  # handed over once; the next handoff copies
@@ -134,7 +136,7 @@ def test_shared_arrays_and_copies_cannot_shrink_under_the_mount(mount, sent):
         with pytest.raises(PermissionError):
             os.ftruncate(fd, size)
     path = imgfs.as_filename(nib.Nifti1Image(a, np.eye(4)), mount)
-    assert sent() == [(ino, 0)]  # still the zero-copy route
+    assert sent() == [(ino, shm.HEADER_ROOM)]  # still the zero-copy route
     assert np.array_equal(nib.load(path).get_fdata(), a)
     b = _values((3, 4, 5))  # an ordinary array: copied into a fresh, sealed memfd
     wire = imgfs.mount.wire_data(b)
@@ -151,7 +153,9 @@ def test_view_into_a_shared_array_goes_with_an_offset(mount, sent):
     ino = _ino(shm.memfd_of(a))
     vol = a[..., 2]
     path = imgfs.as_filename(nib.Nifti1Image(vol, np.eye(4)), mount)
-    assert sent() == [(ino, 2 * vol.nbytes)]
+    assert sent() == [(ino, shm.HEADER_ROOM + 2 * vol.nbytes)]
+    # a part of the memfd cannot be the served file: rendered from it
+    assert mount.show(os.path.basename(path)[: -len(".nii")])["served_as"] == "rendered"
     assert np.array_equal(nib.load(path).get_fdata(), vol)
     assert _served_bytes(path, vol.nbytes) == vol.tobytes(order="F")
 
@@ -161,7 +165,7 @@ def test_mount_put_takes_shared_arrays_too(mount, sent):
     ino = _ino(shm.memfd_of(a))
     hdr = nib.Nifti1Header()
     summary = mount.put("shm-direct", hdr.binaryblock, np.eye(4), a)
-    assert sent() == [(ino, 0)]
+    assert sent() == [(ino, shm.HEADER_ROOM)]
     assert np.array_equal(nib.load(summary["path"]).get_fdata(), a)
 
 
@@ -169,7 +173,7 @@ def test_ordinary_arrays_are_copied(mount, sent):
     a = _values((3, 4, 5))
     path = imgfs.as_filename(nib.Nifti1Image(a, np.eye(4)), mount)
     (ino, off), = sent()
-    assert off == 0 and _maps(ino) == []  # a memfd of its own, not mapped by us
+    assert off == shm.HEADER_ROOM and _maps(ino) == []  # a memfd of its own, not mapped by us
     assert np.array_equal(nib.load(path).get_fdata(), a)
 
 

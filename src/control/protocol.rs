@@ -87,6 +87,10 @@ pub enum Request {
         /// Set when the image may replace one of the same name.
         #[serde(default)]
         replace: bool,
+        /// Set when the descriptor's bytes before `data_offset` are left for the daemon to
+        /// write the served header into, so that the descriptor becomes the served file.
+        #[serde(default)]
+        in_place: bool,
     },
     /// Counters of how files were served.
     Stats {},

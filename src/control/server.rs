@@ -20,10 +20,10 @@ use super::protocol::{
     Pong, ProgressCount, ProgressLine, Reply, Request, SetAnswer, Shown, ShuttingDown, field_text,
 };
 use crate::catalog::{Catalog, CatalogError};
-use crate::format::{DataType, Extension, Header};
-use crate::image::{Image, ImageError, VoxelBuffer};
+use crate::format::{ByteOrder, DataType, Extension, Flavor, Header};
+use crate::image::{FileIdentity, FileSource, Image, ImageError, VoxelBuffer};
 use crate::progress::{Progress, Silent};
-use crate::render::save_image_with_progress;
+use crate::render::{Rendering, save_image_with_progress, served_flavor};
 
 /// Longest request line accepted; real requests are a few KiB.
 const MAX_LINE: usize = 16 << 20;
@@ -399,20 +399,21 @@ fn handle(
             dtype,
             data_offset,
             replace,
+            in_place,
         } => {
             let fd = fds.pop_front().ok_or_else(|| {
                 bad_request("put needs the data's file descriptor sent with the request".into())
             })?;
-            let image = image_from_wire(
-                &header,
+            let wire = Wire {
+                header: &header,
                 affine,
-                &extensions,
-                &shape,
-                &dtype,
-                fd,
+                extensions: &extensions,
+                shape: &shape,
+                dtype: &dtype,
                 data_offset,
-            )
-            .map_err(bad_request)?;
+                in_place,
+            };
+            let image = image_from_wire(&name, &wire, fd).map_err(bad_request)?;
             let summary = if replace {
                 catalog.replace(&name, image)
             } else {
@@ -529,26 +530,32 @@ fn show(catalog: &Catalog, name: &str) -> Result<Shown, Failure> {
     })
 }
 
-fn image_from_wire(
-    header: &str,
+/// A put's fields that describe the image.
+struct Wire<'a> {
+    header: &'a str,
     affine: crate::format::Affine,
-    extensions: &[super::protocol::WireExtension],
-    shape: &[u64],
-    dtype: &str,
-    fd: OwnedFd,
+    extensions: &'a [super::protocol::WireExtension],
+    shape: &'a [u64],
+    dtype: &'a str,
     data_offset: u64,
-) -> Result<Image, String> {
+    in_place: bool,
+}
+
+fn image_from_wire(name: &str, wire: &Wire, fd: OwnedFd) -> Result<Image, String> {
     let bytes = BASE64
-        .decode(header)
+        .decode(wire.header)
         .map_err(|e| format!("header is not base64: {e}"))?;
-    let header = Header::parse(&bytes).map_err(|e| format!("header: {e}"))?;
-    let dtype = DataType::from_name(dtype).ok_or_else(|| format!("unknown dtype '{dtype}'"))?;
+    let mut header = Header::parse(&bytes).map_err(|e| format!("header: {e}"))?;
+    let dtype =
+        DataType::from_name(wire.dtype).ok_or_else(|| format!("unknown dtype '{}'", wire.dtype))?;
+    let shape = wire.shape;
     if shape.is_empty() || shape.len() > 7 || shape.contains(&0) {
         return Err(format!(
             "shape {shape:?} must have 1 to 7 positive dimensions"
         ));
     }
-    let extensions = extensions
+    let extensions = wire
+        .extensions
         .iter()
         .map(|e| {
             Ok(Extension {
@@ -561,14 +568,162 @@ fn image_from_wire(
         .collect::<Result<Vec<_>, String>>()?;
     let file = std::fs::File::from(fd);
     check_sealed(&file)?;
-    // SAFETY: `check_sealed` saw F_SEAL_SHRINK, and a seal can never be removed: the memfd keeps
-    // at least the length mapped here for the map's whole life, so no read of it can fault
-    // (SIGBUS). The client may still write to it; that changes the voxel values served, never
-    // our own memory, as the map is only read through plain byte copies.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map the data: {e}"))?;
-    let data = VoxelBuffer::mapped(dtype, shape, map, data_offset)?;
-    Image::from_parts(header, affine, extensions, data).map_err(|e| e.to_string())
+    if wire.in_place {
+        // The served file's data start where the sent data do.
+        header.set_single_file(true);
+        header.set_vox_offset(wire.data_offset);
+    }
+    let build = |file: &std::fs::File| {
+        // SAFETY: `check_sealed` saw F_SEAL_SHRINK, and a seal can never be removed: the memfd
+        // keeps at least the length mapped here for the map's whole life, so no read of it can
+        // fault (SIGBUS). The client may still write to it; that changes the voxel values
+        // served, never our own memory, as the map is only read through plain byte copies.
+        let map =
+            unsafe { memmap2::Mmap::map(file) }.map_err(|e| format!("cannot map the data: {e}"))?;
+        let data = VoxelBuffer::mapped(dtype, shape, map, wire.data_offset)?;
+        Image::from_parts(header.clone(), wire.affine, extensions.clone(), data)
+            .map_err(|e| e.to_string())
+    };
+    let image = build(&file)?;
+    if !wire.in_place {
+        return Ok(image);
+    }
+    let (prefix, size) = served_layout(&image, &file, wire.data_offset)?;
+    // Our own shared mapping of a writable descriptor would keep the memfd from being sealed
+    // against writing: let it go, seal, and map again.
+    drop(image);
+    let served = seal_in_place(file, (&prefix, size), name)?;
+    let mut image = build(&served.file)?;
+    image.set_served_file(Arc::new(served));
+    Ok(image)
+}
+
+/// The page size `in_place` data offsets are multiples of, whatever the machine's: the data
+/// can then be mapped on their own by any reader.
+const PAGE: u64 = 4096;
+
+/// The served file's bytes before the data (header, extensions, padding), and its size, when a
+/// put's memfd can be laid out as the served file: its data at `data_offset`, a page multiple
+/// where the served layout puts them, and nothing after them.
+fn served_layout(
+    image: &Image,
+    file: &std::fs::File,
+    data_offset: u64,
+) -> Result<(Vec<u8>, u64), String> {
+    let header = image.header();
+    if header.flavor() == Flavor::Analyze {
+        return Err("in_place needs a NIfTI header: an Analyze header has no vox_offset".into());
+    }
+    if header.order() != ByteOrder::native() {
+        return Err(
+            "in_place needs a header in this machine's byte order: the data are sent \
+                    in it, and the served file stores them in the header's"
+                .into(),
+        );
+    }
+    let rendering = Rendering::of(image)?;
+    let prefix = rendering.prefix();
+    let exts = image.extensions();
+    let needed = served_flavor(image).min_single_offset()
+        + exts.iter().map(|e| e.disk_size() as u64).sum::<u64>();
+    // nibabel reads every byte between the extensions and the data as more extensions, and
+    // fails on zero padding: with extensions, the data must follow the last one directly.
+    let padded = !exts.is_empty() && data_offset != needed;
+    if !data_offset.is_multiple_of(PAGE) || prefix.len() as u64 != data_offset || padded {
+        return Err(format!(
+            "in_place: data_offset {data_offset} cannot be where the served file's data start: \
+             the header and extensions take {needed} bytes, and the data must follow them at a \
+             multiple of {PAGE}: right after them when there are extensions, else at most 64 \
+             KiB after them"
+        ));
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| format!("the memfd sent with put cannot be examined: {e}"))?
+        .len();
+    if size != rendering.size() {
+        return Err(format!(
+            "in_place: the memfd holds {size} bytes, but the served file is {} (data_offset \
+             plus the data): nothing may follow the data",
+            rendering.size()
+        ));
+    }
+    Ok((prefix.to_vec(), size))
+}
+
+/// Writes `prefix` (the served header and extensions) into the bytes before the data of a
+/// put's memfd and seals it against writing and growing, so that the memfd is the served file,
+/// byte for byte, for good: served from directly (by passthrough where the kernel allows),
+/// with no copy.
+fn seal_in_place(
+    file: std::fs::File,
+    (prefix, size): (&[u8], u64),
+    name: &str,
+) -> Result<FileSource, String> {
+    use std::os::unix::fs::FileExt;
+    let frozen = libc::F_SEAL_WRITE | libc::F_SEAL_GROW;
+    let seals = seals_of(&file)?;
+    // A retry of the same put (another name) finds the header written and sealed already.
+    if seals & libc::F_SEAL_WRITE == 0 {
+        file.write_all_at(prefix, 0)
+            .map_err(|e| format!("in_place: cannot write the header into the memfd: {e}"))?;
+    }
+    if seals & frozen != frozen {
+        // SAFETY: F_ADD_SEALS only adds seals to a descriptor we own; no memory is involved.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, frozen) } < 0 {
+            let e = io::Error::last_os_error();
+            let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                "it is still mapped writable and shared somewhere".to_string()
+            } else {
+                e.to_string()
+            };
+            return Err(format!(
+                "in_place: the memfd cannot be sealed against writing and growing ({why})"
+            ));
+        }
+    }
+    // Sealed now: what is read here is what every reader will get.
+    let mut written = vec![0; prefix.len()];
+    file.read_exact_at(&mut written, 0)
+        .map_err(|e| format!("in_place: cannot read the memfd back: {e}"))?;
+    if written != prefix {
+        return Err(
+            "in_place: the memfd's bytes before the data are not the served header: it was \
+             written to by someone else, or sealed before the header was in it"
+                .into(),
+        );
+    }
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("the memfd sent with put cannot be examined: {e}"))?;
+    if meta.len() != size {
+        return Err(format!(
+            "in_place: the memfd grew to {} bytes before it was sealed; the served file is {size}",
+            meta.len()
+        ));
+    }
+    let data_offset = prefix.len() as u64;
+    Ok(FileSource::new(
+        file,
+        PathBuf::from(format!("the memfd put as '{name}'")),
+        (data_offset, meta.len() - data_offset),
+        ByteOrder::native(),
+        FileIdentity::of(&meta),
+    ))
+}
+
+/// The seals of a put's memfd.
+fn seals_of(file: &std::fs::File) -> Result<i32, String> {
+    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
+    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(format!(
+            "the descriptor sent with put is not a memfd that allows sealing ({}): create it \
+             with MFD_ALLOW_SEALING and add F_SEAL_SHRINK",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(seals)
 }
 
 /// Refuses a put's descriptor unless it is a memfd sealed against shrinking: a mapping of a
@@ -593,15 +748,7 @@ fn check_sealed(file: &std::fs::File) -> Result<(), String> {
             "the descriptor sent with put is {what}, not a memfd holding the data"
         ));
     }
-    // SAFETY: F_GET_SEALS only reads the seals of a descriptor we own.
-    let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
-    if seals < 0 {
-        return Err(format!(
-            "the descriptor sent with put is not a memfd that allows sealing ({}): create it \
-             with MFD_ALLOW_SEALING and add F_SEAL_SHRINK",
-            io::Error::last_os_error()
-        ));
-    }
+    let seals = seals_of(file)?;
     if seals & libc::F_SEAL_SHRINK == 0 {
         return Err(
             "the memfd sent with put is not sealed against shrinking: add F_SEAL_SHRINK \
@@ -618,5 +765,117 @@ pub struct SocketGuard(pub PathBuf);
 impl Drop for SocketGuard {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Flavor, affine};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
+
+    type Exts<'a> = &'a [(i32, &'a [u8])];
+
+    /// A sealable memfd of `room` free bytes, then `data`, sealed against shrinking as a client
+    /// sends it.
+    fn memfd_with(room: u64, data: &[u8]) -> std::fs::File {
+        // SAFETY: memfd_create takes a NUL-terminated name and returns a new descriptor or -1.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"test".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: the descriptor was just created and nothing else owns it.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all_at(data, room).unwrap();
+        // SAFETY: F_ADD_SEALS on our own descriptor.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) },
+            0
+        );
+        file
+    }
+
+    fn put(file: &std::fs::File, data_offset: u64, exts: Exts) -> Result<Image, String> {
+        let header = Header::new(Flavor::Nifti1, ByteOrder::native());
+        let extensions: Vec<_> = exts
+            .iter()
+            .map(|(code, content)| super::super::protocol::WireExtension {
+                code: *code,
+                content: BASE64.encode(content),
+            })
+            .collect();
+        let wire = Wire {
+            header: &BASE64.encode(header.as_bytes()),
+            affine: affine::IDENTITY,
+            extensions: &extensions,
+            shape: &[4, 4],
+            dtype: "float32",
+            data_offset,
+            in_place: true,
+        };
+        image_from_wire("t", &wire, file.try_clone().unwrap().into())
+    }
+
+    fn values() -> Vec<u8> {
+        (0..16u32).flat_map(|i| (i as f32).to_ne_bytes()).collect()
+    }
+
+    #[test]
+    fn an_in_place_put_makes_the_memfd_the_served_file_and_a_retry_finds_it_so() {
+        let file = memfd_with(PAGE, &values());
+        let image = put(&file, PAGE, &[]).unwrap();
+        let served = image.served_file().expect("served from the memfd");
+        assert_eq!(served.seen.size, PAGE + 64);
+        let rendering = Rendering::of(&image).unwrap();
+        let mut whole = vec![0; rendering.size() as usize];
+        file.read_exact_at(&mut whole, 0).unwrap();
+        assert_eq!(whole, *rendering.read_at(0, whole.len()).unwrap());
+        assert_eq!(&whole[PAGE as usize..], values());
+        // sealed: nobody writes or grows it any more
+        assert!(file.write_all_at(b"x", 0).is_err());
+        assert!(file.set_len(PAGE * 2).is_err());
+        // the same memfd again (a retry under another name): the header is found in place
+        assert!(put(&file, PAGE, &[]).unwrap().served_file().is_some());
+        // served from it until the image changes
+        let catalog = Catalog::new(PathBuf::from("/nowhere"));
+        assert_eq!(catalog.insert("t", image).unwrap().served_as, "passthrough");
+        catalog
+            .edit("t", |img| img.set_field("descrip", "x"))
+            .unwrap();
+        assert_eq!(catalog.summary("t").unwrap().served_as, "rendered");
+    }
+
+    #[test]
+    fn an_in_place_put_that_cannot_be_the_served_file_is_refused_with_why() {
+        // (free bytes in front, data_offset, bytes after the data, extensions, what is said)
+        let cases: [(u64, u64, usize, Exts, &str); 4] = [
+            (2048, 2048, 0, &[], "multiple of 4096"),
+            (
+                PAGE,
+                PAGE,
+                8,
+                &[],
+                "holds 4168 bytes, but the served file is 4160",
+            ),
+            (
+                PAGE,
+                PAGE,
+                0,
+                &[(6, b"a comment")],
+                "right after them when there are extensions",
+            ),
+            (0, 0, 0, &[], "the header and extensions take 352 bytes"),
+        ];
+        for (room, offset, trailing, exts, why) in cases {
+            let mut bytes = values();
+            bytes.resize(bytes.len() + trailing, 0);
+            let file = memfd_with(room, &bytes);
+            let err = put(&file, offset, exts).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 }

@@ -60,6 +60,9 @@ pub struct Image {
     /// Whether the affine comes from an SPM `.mat` sidecar, not from the header.
     sidecar_affine: bool,
     origin: Option<Arc<Origin>>,
+    /// The file the image was handed over as, laid out as it is served (header, extensions,
+    /// data): while the image is unchanged, it is served straight from that file.
+    served_file: Option<Arc<FileSource>>,
     /// What changed since load: the one place the image's clean/dirty answer comes from.
     tracker: Tracker,
     changed_at: SystemTime,
@@ -155,6 +158,7 @@ impl Image {
             sidecar_affine: loaded.sidecar_affine.is_some(),
             changed_at: SystemTime::now(),
             origin: Some(origin),
+            served_file: None,
             generation: 0,
             base_range: None,
             base_scaling: None,
@@ -193,6 +197,7 @@ impl Image {
             original: None,
             sidecar_affine: false,
             origin: None,
+            served_file: None,
             changed_at: SystemTime::now(),
             generation: 0,
             base_range: None,
@@ -233,6 +238,18 @@ impl Image {
     /// The data file of an uncompressed original, open since load.
     pub fn original_data(&self) -> Option<&Arc<FileSource>> {
         self.original.as_ref().and_then(DataObj::file_source)
+    }
+
+    /// Records that `file` holds this image byte for byte as it is served now (a handed-over
+    /// memfd laid out so), so that it is served from `file` until the image changes.
+    pub fn set_served_file(&mut self, file: Arc<FileSource>) {
+        self.served_file = Some(file);
+    }
+
+    /// The file that holds this image exactly as served, while the image is unchanged since
+    /// [`Image::set_served_file`]: every change bumps the generation.
+    pub fn served_file(&self) -> Option<&Arc<FileSource>> {
+        self.served_file.as_ref().filter(|_| self.generation == 0)
     }
 
     /// Where the numbers are now (nibabel's `dataobj`).
