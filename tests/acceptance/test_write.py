@@ -435,3 +435,56 @@ def test_ls_shows_each_images_memory(mnt, tmp_path):
     assert "MEMORY" in text.splitlines()[0], text
     out_line = next(line for line in text.splitlines() if line.startswith("out "))
     assert f" {os.path.getsize(src)} " in out_line, text
+
+
+def test_a_written_nii_gz_is_read_back_through_the_gzip_index_not_inflated_whole(mnt, tmp_path):
+    """The image a tool wrote as .nii.gz is read by range through the gzip index (issue 7), so
+    reading it whole holds about the index's cache, never the 128 MiB decompressed."""
+    import gzip
+    import hashlib
+
+    shape = (128, 128, 64, 32)  # float32: 128 MiB decompressed
+    block = np.linspace(-1000, 1000, 128 * 128 * 64, dtype=np.float32).reshape(shape[:3])
+    data = np.empty(shape, dtype=np.float32, order="F")
+    for t in range(shape[3]):
+        data[..., t] = block + t
+    src = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), src)
+    del data, block
+    shutil.copyfile(src, os.path.join(mnt, "big.nii.gz"))
+    entry = ls(mnt)["big"]
+    assert entry["state"] == "written in the mount" and "gz" in entry["format"], entry
+    pid = _daemon_pid(mnt)
+    before = _rss_anon_mib(pid)
+    h, n = hashlib.sha256(), 0
+    with open(os.path.join(mnt, "big.nii"), "rb") as f:  # the image, rendered from the gzip
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+    grew = _rss_anon_mib(pid) - before
+    with gzip.open(src, "rb") as f:
+        want = f.read()
+    assert n == len(want) and h.hexdigest() == hashlib.sha256(want).hexdigest()
+    assert grew < 64, f"daemon private memory grew by {grew:.0f} MiB reading a 128 MiB image"
+
+
+def _daemon_pid(mnt):
+    import sys
+    sys.path.insert(0, os.path.join(helpers.REPO, "python"))
+    from imgfs.mount import Mount
+
+    m = Mount(mnt)
+    try:
+        return m.ping()["pid"]
+    finally:
+        m.close()
+
+
+def _rss_anon_mib(pid):
+    """The daemon's private memory: what inflating the image whole would grow (the written
+    file's memfd is shared memory, not counted)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no RssAnon for {pid}")
