@@ -119,8 +119,11 @@ def test_a_handed_over_image_is_served_by_passthrough_as_nibabel_stores_it(mount
     assert mount.show(name)["served_as"] == "passthrough"
     got_header, got_between, got_offset, got_data = served_pieces(served)
     after = mount.stats()
-    assert after["passthrough_opens"] > before["passthrough_opens"]
-    assert after["rendered_opens"] == before["rendered_opens"]
+    if os.geteuid() == 0:  # kernel passthrough needs CAP_SYS_ADMIN
+        assert after["passthrough_opens"] > before["passthrough_opens"]
+        assert after["rendered_opens"] == before["rendered_opens"]
+    else:  # an ordinary user's mount forwards reads to the same memfd instead
+        assert after["forwarded_reads"] > before["forwarded_reads"]
 
     ref = str(tmp_path / "nibabel.nii")
     img.to_filename(ref)
