@@ -383,6 +383,22 @@ fn open_log_file(path: &Path) -> Result<std::fs::File> {
         })
 }
 
+/// Sends a request that asked for progress lines when `bar` is shown, and moves the bar as
+/// they arrive.
+fn call_showing(
+    mount: Option<&Path>,
+    request: &Request,
+    bar: Option<indicatif::ProgressBar>,
+) -> Result<Value> {
+    let mut client = connect(mount)?;
+    let reply = match &bar {
+        Some(bar) => client.call_with_progress(request, &bar_progress(bar)),
+        None => client.call(request),
+    };
+    finish_bar(bar, reply.is_ok());
+    Ok(reply?)
+}
+
 fn connect(mount: Option<&Path>) -> Result<Client> {
     let dir = resolve_mount_dir(mount)?;
     Ok(Client::connect(&dir)?)
@@ -590,13 +606,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 fields,
                 progress: bar.is_some(),
             };
-            let mut client = connect(mount.mount.as_deref())?;
-            let reply = match &bar {
-                Some(bar) => client.call_with_progress(&request, &bar_progress(bar)),
-                None => client.call(&request),
-            };
-            finish_bar(bar, reply.is_ok());
-            let reply = reply?;
+            let reply = call_showing(mount.mount.as_deref(), &request, bar)?;
             if json.json {
                 print_json(&without_ok(reply));
             } else {
@@ -640,13 +650,7 @@ fn run(verb: Verb) -> Result<ExitCode> {
                 out,
                 progress: bar.is_some(),
             };
-            let mut client = connect(mount.mount.as_deref())?;
-            let reply = match &bar {
-                Some(bar) => client.call_with_progress(&request, &bar_progress(bar)),
-                None => client.call(&request),
-            };
-            finish_bar(bar, reply.is_ok());
-            let reply = reply?;
+            let reply = call_showing(mount.mount.as_deref(), &request, bar)?;
             if json.json {
                 print_json(&without_ok(reply));
             } else {

@@ -158,3 +158,16 @@ def text_forms(raw):
     stripped) or C's (up to the first NUL, as nifti_tool shows it)."""
     raw = bytes(raw).rstrip(b"\0")
     return {raw.decode("latin-1"), raw.split(b"\0")[0].decode("latin-1")}
+
+
+def daemon_pid(mount_dir):
+    """The pid of the daemon serving `mount_dir`, asked through the Python client's `ping`."""
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "python"))
+    from imgfs.mount import Mount
+
+    m = Mount(mount_dir)
+    try:
+        return m.ping()["pid"]
+    finally:
+        m.close()

@@ -49,17 +49,6 @@ def ok(proc):
     return proc
 
 
-def daemon_pid(mnt):
-    sys.path.insert(0, os.path.join(helpers.REPO, "python"))
-    from imgfs.mount import Mount
-
-    m = Mount(mnt)
-    try:
-        return m.ping()["pid"]
-    finally:
-        m.close()
-
-
 def test_kill_9_with_8_readers_mid_read(tmp_path):
     mnt = str(tmp_path / "mnt")
     ok(imgfs("mount", mnt))
@@ -69,7 +58,7 @@ def test_kill_9_with_8_readers_mid_read(tmp_path):
         nib.save(nib.Nifti1Image(data, np.eye(4)), big)
         ok(imgfs("add", "--mount", mnt, f"conv={big}", f"plain={big}"))
         ok(imgfs("set", "--mount", mnt, "conv", "datatype=int16"))  # rendered by the daemon
-        pid = daemon_pid(mnt)
+        pid = helpers.daemon_pid(mnt)
         # 6 readers of the rendered file (3 read, 3 mmap), 2 of the passthrough one
         plan = [("conv", "read")] * 3 + [("conv", "mmap")] * 3 + [("plain", "read"),
                                                                   ("plain", "mmap")]

@@ -454,7 +454,7 @@ def test_a_written_nii_gz_is_read_back_through_the_gzip_index_not_inflated_whole
     shutil.copyfile(src, os.path.join(mnt, "big.nii.gz"))
     entry = ls(mnt)["big"]
     assert entry["state"] == "written in the mount" and "gz" in entry["format"], entry
-    pid = _daemon_pid(mnt)
+    pid = helpers.daemon_pid(mnt)
     before = _rss_anon_mib(pid)
     h, n = hashlib.sha256(), 0
     with open(os.path.join(mnt, "big.nii"), "rb") as f:  # the image, rendered from the gzip
@@ -466,18 +466,6 @@ def test_a_written_nii_gz_is_read_back_through_the_gzip_index_not_inflated_whole
         want = f.read()
     assert n == len(want) and h.hexdigest() == hashlib.sha256(want).hexdigest()
     assert grew < 64, f"daemon private memory grew by {grew:.0f} MiB reading a 128 MiB image"
-
-
-def _daemon_pid(mnt):
-    import sys
-    sys.path.insert(0, os.path.join(helpers.REPO, "python"))
-    from imgfs.mount import Mount
-
-    m = Mount(mnt)
-    try:
-        return m.ping()["pid"]
-    finally:
-        m.close()
 
 
 def _rss_anon_mib(pid):
