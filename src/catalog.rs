@@ -441,25 +441,44 @@ impl Catalog {
         Ok(self.summarize(name, &entry))
     }
 
-    /// A file written in the mount was removed (`to` None) or renamed to `to`: an image
-    /// made from it now names the new path, or, with none, its served file.
-    pub fn written_file_moved(&self, from: &Path, to: Option<&Path>) {
-        let mut written = self.written.lock();
-        for file in written.values_mut() {
-            if file.as_deref() == Some(from) {
-                *file = to.map(Path::to_path_buf);
-            } else if to.is_some() && file.as_deref() == to {
+    /// A file written in the mount was removed (`to` None) or renamed to `to`, replacing any
+    /// file there. An image made from it (or from the file it replaced) that is still those
+    /// bytes was that file, and goes with it, as a file goes on tmpfs: nothing is lost, and
+    /// its memory is freed with the file's. An edited one is more than the file: it stays,
+    /// naming the file's new path, or with none its served file. Returns the names removed.
+    pub fn written_file_moved(&self, from: &Path, to: Option<&Path>) -> Vec<String> {
+        let affected: Vec<(String, bool)> = self
+            .written
+            .lock()
+            .iter()
+            .filter_map(|(name, file)| match file.as_deref() {
+                Some(f) if f == from => Some((name.clone(), true)),
+                Some(f) if to == Some(f) => Some((name.clone(), false)),
+                _ => None,
+            })
+            .collect();
+        let mut removed = Vec::new();
+        for (name, moved) in affected {
+            if self.state(&name).is_ok_and(|s| s.is_clean()) {
+                if self.remove(&name).is_ok() {
+                    removed.push(name);
+                }
+            } else if let Some(file) = self.written.lock().get_mut(&name) {
                 // Replaced by the renamed file, whose bytes the image was not made from.
-                *file = None;
+                *file = if moved {
+                    to.map(Path::to_path_buf)
+                } else {
+                    None
+                };
             }
         }
-        drop(written);
         let mut plain = self.plain.lock();
         if let Some(why) = plain.remove(from)
             && let Some(to) = to
         {
             plain.insert(to.to_path_buf(), why);
         }
+        removed
     }
 
     /// Records why a file written in the mount with an image's name stays a plain file.

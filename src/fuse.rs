@@ -376,10 +376,12 @@ impl Filesystem for ImageFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match caught("unlink", || self.vfs.unlink(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answering_under_directory_lock(|| {
+            match caught("unlink", || self.vfs.unlink(parent.0, name)) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -403,13 +405,15 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match caught("rename", || {
-            self.vfs
-                .rename(parent.0, name, newparent.0, newname, no_replace)
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answering_under_directory_lock(|| {
+            match caught("rename", || {
+                self.vfs
+                    .rename(parent.0, name, newparent.0, newname, no_replace)
+            }) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            }
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -638,12 +642,44 @@ struct NotifierInvalidate {
     notifier: Notifier,
 }
 
+thread_local! {
+    /// Invalidations held back while this thread answers a request for which the kernel holds
+    /// the directory's lock (unlink, rename): the kernel takes that lock to invalidate a name,
+    /// so sending one before the answer would wait for the request it is part of, forever.
+    static HELD_BACK: std::cell::RefCell<Option<Vec<(Notifier, String)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl NotifierInvalidate {
+    fn send(notifier: &Notifier, file_name: &str) {
+        // ENOENT only means the kernel had not cached the name.
+        let _ = notifier.inval_entry(INodeNo(ROOT_INO), OsStr::new(file_name));
+    }
+}
+
 impl Invalidate for NotifierInvalidate {
     fn name_changed(&self, file_name: &str) {
-        // ENOENT only means the kernel had not cached the name.
-        let _ = self
-            .notifier
-            .inval_entry(INodeNo(ROOT_INO), OsStr::new(file_name));
+        let held = HELD_BACK.with_borrow_mut(|held| match held {
+            Some(held) => {
+                held.push((self.notifier.clone(), file_name.to_string()));
+                true
+            }
+            None => false,
+        });
+        if !held {
+            NotifierInvalidate::send(&self.notifier, file_name);
+        }
+    }
+}
+
+/// Runs `handle` (which answers a request the kernel holds the directory's lock for) with
+/// invalidations held back, then sends them: once answered, the kernel lets the lock go.
+fn answering_under_directory_lock(handle: impl FnOnce()) {
+    HELD_BACK.with_borrow_mut(|held| *held = Some(Vec::new()));
+    handle();
+    let held = HELD_BACK.with_borrow_mut(Option::take).unwrap_or_default();
+    for (notifier, file_name) in held {
+        NotifierInvalidate::send(&notifier, &file_name);
     }
 }
 

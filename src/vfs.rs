@@ -31,8 +31,10 @@ enum Handle {
 /// How the kernel serves a written file's handle.
 #[derive(PartialEq)]
 enum Served {
-    /// Reads and writes come to the daemon.
+    /// Reads come to the daemon.
     Forwarded,
+    /// Reads and writes come to the daemon.
+    ForwardedWriter,
     /// The kernel reads the memfd directly (passthrough).
     Passthrough,
     /// The kernel reads and writes the memfd directly: the daemon never sees the writes, so
@@ -165,7 +167,8 @@ impl Vfs {
                 file,
                 AtomicU64::new(changes),
                 match (passthrough, write) {
-                    (false, _) => Served::Forwarded,
+                    (false, false) => Served::Forwarded,
+                    (false, true) => Served::ForwardedWriter,
                     (true, false) => Served::Passthrough,
                     (true, true) => Served::PassthroughWriter,
                 },
@@ -329,14 +332,48 @@ impl Vfs {
         Ok(self.written_learned(Node::Dir(ino)))
     }
 
+    /// Removes what `name` shows. A written file goes, and an image made from it that is
+    /// still its bytes goes with it. Where the name shows an image made from written files
+    /// (edited, or served as `NAME.nii` for a `.nii.gz` or a pair), that image goes, with a
+    /// written file of the same name under it. An added image's file is refused.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
+        let path = self.catalog.mount_dir().join(name);
+        if parent == ROOT_INO
+            && let Some(image) = self.image_shown_instead_of_a_written_file(name)?
+        {
+            self.catalog.remove(&image).map_err(|_| FsError::NotFound)?;
+            if self
+                .tree()?
+                .lock()
+                .unlink(parent, Self::utf8(name)?)
+                .is_ok()
+            {
+                self.catalog.written_file_moved(&path, None);
+            }
+            return Ok(());
+        }
         self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
         if parent == ROOT_INO {
-            self.catalog
-                .written_file_moved(&self.catalog.mount_dir().join(name), None);
+            self.catalog.written_file_moved(&path, None);
         }
         Ok(())
+    }
+
+    /// The image made from written files that a name in the root shows, where that is not the
+    /// written file of the name itself: the edited version shadowing it, or the `NAME.nii`
+    /// served for a written `.nii.gz` or pair.
+    fn image_shown_instead_of_a_written_file(
+        &self,
+        name: &OsStr,
+    ) -> Result<Option<String>, FsError> {
+        if self.catalog.written_state(name).is_none() {
+            return Ok(None);
+        }
+        if self.written_node(ROOT_INO, name)?.is_some() && !self.image_shadows(ROOT_INO, name) {
+            return Ok(None);
+        }
+        Ok(crate::catalog::name_from_path(std::path::Path::new(name)))
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
@@ -355,13 +392,17 @@ impl Vfs {
     ) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
         self.check_not_image(new_parent, new_name)?;
-        self.tree()?.lock().rename(
-            parent,
-            Self::utf8(name)?,
-            new_parent,
-            Self::utf8(new_name)?,
-            no_replace,
-        )?;
+        let moved = {
+            let mut tree = self.tree()?.lock();
+            tree.rename(
+                parent,
+                Self::utf8(name)?,
+                new_parent,
+                Self::utf8(new_name)?,
+                no_replace,
+            )?;
+            tree.lookup(new_parent, Self::utf8(new_name)?)?
+        };
         // Only the root's files become images; one moved below it is no image's file.
         let root = self.catalog.mount_dir();
         let to = (new_parent == ROOT_INO).then(|| root.join(new_name));
@@ -371,7 +412,24 @@ impl Vfs {
         } else if let Some(to) = &to {
             self.catalog.written_file_moved(to, None);
         }
+        // Renamed into an image's name after it was written (a tool that writes a temporary
+        // file, then renames it into place): it becomes an image now. One still open for
+        // writing becomes one when that writer closes it.
+        if let Node::File(file) = moved
+            && new_parent == ROOT_INO
+            && !self.open_for_writing(&file)
+        {
+            self.adopt(&file);
+        }
         Ok(())
+    }
+
+    fn open_for_writing(&self, file: &Arc<WrittenFile>) -> bool {
+        self.handles.read().values().any(|h| {
+            matches!(h, Handle::Written(f, _, served)
+                if Arc::ptr_eq(f, file)
+                    && matches!(served, Served::ForwardedWriter | Served::PassthroughWriter))
+        })
     }
 
     /// Changes a written file's size or mtime (truncate, utimes); an image's file refuses.
@@ -650,7 +708,7 @@ impl Vfs {
         // Writes through a mapping may come after the last close.
         self.flush(fh);
         if let Some(Handle::Written(file, _, served)) = self.handles.write().remove(&fh)
-            && served != Served::Forwarded
+            && matches!(served, Served::Passthrough | Served::PassthroughWriter)
         {
             file.unbind();
         }
@@ -973,30 +1031,96 @@ mod tests {
         assert_eq!(budget.used(), 100);
     }
 
-    #[test]
-    fn path_follows_a_written_file_that_is_renamed_and_falls_back_once_it_is_removed() {
+    fn gz_nifti_bytes() -> Vec<u8> {
         use std::io::Write;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&nifti_bytes()).unwrap();
-        let (vfs, _) = writable(1 << 20);
-        write_file(&vfs, "y.nii.gz", &gz.finish().unwrap()).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn image_names(vfs: &Vfs) -> Vec<String> {
+        let mut names: Vec<String> = vfs.catalog().list().into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn an_unedited_output_is_its_file_renamed_and_removed_with_it() {
+        let (vfs, budget) = writable(1 << 20);
+        let ino = write_file(&vfs, "y.nii.gz", &gz_nifti_bytes()).unwrap();
         let catalog = vfs.catalog();
         assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/y.nii.gz"));
 
         let (root, name) = (ROOT_INO, OsStr::new);
         vfs.rename(root, name("y.nii.gz"), root, name("z.nii.gz"), false)
             .unwrap();
-        assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/z.nii.gz"));
-        vfs.unlink(root, name("z.nii.gz")).unwrap();
-        assert_eq!(catalog.path("y").unwrap(), Path::new("/nowhere/y.nii"));
-        assert_eq!(
-            catalog.summary("y").unwrap().path,
-            Path::new("/nowhere/y.nii")
-        );
+        assert_eq!(image_names(&vfs), ["z"], "the image moved with its file");
+        assert_eq!(catalog.path("z").unwrap(), Path::new("/nowhere/z.nii.gz"));
         assert!(
-            catalog.state("y").unwrap().is_clean(),
-            "its memory is still there"
+            vfs.lookup(root, name("y.nii")).is_err(),
+            "nothing is left of y"
         );
+
+        vfs.unlink(root, name("z.nii.gz")).unwrap();
+        assert!(image_names(&vfs).is_empty(), "the image went with its file");
+        assert!(vfs.lookup(root, name("z.nii")).is_err());
+        vfs.forget(ino, u64::MAX); // the kernel lets the unlinked inode go
+        assert_eq!(budget.used(), 0, "and so did its memory");
+    }
+
+    #[test]
+    fn a_file_renamed_into_an_images_name_after_it_was_written_becomes_an_image() {
+        let (vfs, _) = writable(1 << 20);
+        write_file(&vfs, "out.tmp", &nifti_bytes()).unwrap();
+        assert!(image_names(&vfs).is_empty());
+        let (root, name) = (ROOT_INO, OsStr::new);
+        // Still open for writing: its writer's close makes it an image, not the rename.
+        let (_, fh, _) = vfs.create(root, name("out.tmp"), false).unwrap();
+        vfs.rename(root, name("out.tmp"), root, name("out.nii"), false)
+            .unwrap();
+        assert!(image_names(&vfs).is_empty());
+        vfs.write(fh, 0, &nifti_bytes()).unwrap();
+        vfs.release(fh);
+        assert_eq!(image_names(&vfs), ["out"]);
+        vfs.rename(root, name("out.nii"), root, name("res.nii"), false)
+            .unwrap();
+        assert_eq!(image_names(&vfs), ["res"]);
+    }
+
+    #[test]
+    fn an_edited_output_stays_when_its_file_moves_and_goes_when_its_name_is_removed() {
+        let (vfs, _) = writable(1 << 20);
+        let (root, name) = (ROOT_INO, OsStr::new);
+        write_file(&vfs, "e.nii.gz", &gz_nifti_bytes()).unwrap();
+        let catalog = vfs.catalog();
+        catalog
+            .edit("e", |image| image.set_field("descrip", "edited"))
+            .unwrap();
+        vfs.rename(root, name("e.nii.gz"), root, name("f.bin"), false)
+            .unwrap();
+        assert_eq!(
+            image_names(&vfs),
+            ["e"],
+            "edits are more than the file: kept"
+        );
+        assert_eq!(catalog.path("e").unwrap(), Path::new("/nowhere/e.nii"));
+        // `e.nii` shows the edited image, made from written files: removing the name
+        // removes it, as on tmpfs.
+        vfs.unlink(root, name("e.nii")).unwrap();
+        assert!(image_names(&vfs).is_empty());
+        assert!(
+            vfs.lookup(root, name("f.bin")).is_ok(),
+            "the file was left alone"
+        );
+
+        // An edited `.nii` hides the written file of its name; removing the name removes both.
+        write_file(&vfs, "s.nii", &nifti_bytes()).unwrap();
+        catalog
+            .edit("s", |image| image.set_field("descrip", "edited"))
+            .unwrap();
+        vfs.unlink(root, name("s.nii")).unwrap();
+        assert!(image_names(&vfs).is_empty());
+        assert!(vfs.lookup(root, name("s.nii")).is_err());
     }
 
     #[test]

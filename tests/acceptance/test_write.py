@@ -476,3 +476,58 @@ def _rss_anon_mib(pid):
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no RssAnon for {pid}")
+
+
+def test_rm_of_an_output_removes_its_image_and_frees_its_memory(small, tmp_path):
+    src = tmp_path / "o.nii"
+    nib.save(nib.Nifti1Image(np.ones((50, 50, 10), np.float32), np.eye(4)), src)
+    out = os.path.join(small, "o.nii")
+    shutil.copyfile(src, out)
+    assert "o" in ls(small)
+    os.unlink(out)
+    assert "o" not in ls(small), "the image was its file: it goes with it"
+    assert not os.path.exists(out), "nothing shows under the name any more"
+    for _ in range(100):  # the kernel forgets the unlinked file's inode on its own time
+        if used(small) == 0:
+            break
+        time.sleep(0.05)
+    assert used(small) == 0
+
+
+def test_mv_of_an_output_moves_its_image_and_a_renamed_temporary_file_becomes_one(mnt, tmp_path):
+    src = tmp_path / "t.nii.gz"
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), src)
+    tmp = os.path.join(mnt, ".res.nii.gz.part")  # a tool writing to a temporary name first
+    shutil.copyfile(src, tmp)
+    assert "res" not in ls(mnt)
+    os.rename(tmp, os.path.join(mnt, "res.nii.gz"))
+    assert ls(mnt)["res"]["state"] == "written in the mount"
+    assert np.array_equal(nib.load(os.path.join(mnt, "res.nii")).get_fdata(), data)
+    os.rename(os.path.join(mnt, "res.nii.gz"), os.path.join(mnt, "moved.nii.gz"))
+    images = ls(mnt)
+    assert "res" not in images and "moved" in images, images
+    assert not os.path.exists(os.path.join(mnt, "res.nii"))
+    assert ok(imgfs("path", "moved", "--mount", mnt)).stdout.strip() == os.path.join(
+        mnt, "moved.nii.gz")
+
+
+def test_rm_of_the_name_an_edited_or_rendered_output_shows_removes_that_image(mnt, tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Pair(data, np.eye(4)), tmp_path / "p.hdr")
+    for f in ("p.hdr", "p.img"):
+        shutil.copyfile(tmp_path / f, os.path.join(mnt, f))
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "e.nii")
+    shutil.copyfile(tmp_path / "e.nii", os.path.join(mnt, "e.nii"))
+    ok(imgfs("set", "e", "descrip=edited", "--mount", mnt))
+    assert {"p", "e"} <= set(ls(mnt))
+    os.unlink(os.path.join(mnt, "p.nii"))  # the pair, served as one file
+    os.unlink(os.path.join(mnt, "e.nii"))  # the edited version hiding the written file
+    assert not {"p", "e"} & set(ls(mnt))
+    assert sorted(f for f in os.listdir(mnt) if f[0] in "pe") == ["p.hdr", "p.img"]
+    # An image added from disk is never removed through its file.
+    ok(imgfs("add", f"d={tmp_path / 'e.nii'}", "--mount", mnt))
+    with pytest.raises(OSError) as e:
+        os.unlink(os.path.join(mnt, "d.nii"))
+    assert e.value.errno == errno.EACCES
+    assert (tmp_path / "e.nii").exists()
