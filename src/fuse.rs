@@ -326,9 +326,18 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match caught("write", || self.vfs.write(fh.0, offset, data)) {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
+        // Answered before the bytes are copied in: the writer's next request and this copy
+        // then run side by side (see `WrittenFile::write_acknowledging`).
+        let mut reply = Some(reply);
+        let written = caught("write", || {
+            self.vfs.write_acknowledging(fh.0, offset, data, |n| {
+                if let Some(reply) = reply.take() {
+                    reply.written(n as u32);
+                }
+            })
+        });
+        if let (Err(e), Some(reply)) = (written, reply) {
+            reply.error(e);
         }
     }
 
@@ -547,15 +556,17 @@ impl Filesystem for ImageFs {
     // files are in memory already: as on tmpfs, there is nothing to flush or sync.
 
     fn flush(&self, _: &Request, _: INodeNo, fh: FileHandle, _: LockOwner, reply: ReplyEmpty) {
-        let _ = caught("flush", || {
-            self.vfs.flush(fh.0);
-            Ok(())
-        });
-        reply.ok();
+        match caught("flush", || self.vfs.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
-    fn fsync(&self, _: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsync(&self, _: &Request, _: INodeNo, fh: FileHandle, _: bool, reply: ReplyEmpty) {
+        match caught("fsync", || self.vfs.fsync(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn fsyncdir(&self, _: &Request, _: INodeNo, _: FileHandle, _: bool, reply: ReplyEmpty) {

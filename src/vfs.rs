@@ -459,11 +459,25 @@ impl Vfs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize, FsError> {
-        match self.handles.read().get(&fh) {
-            Some(Handle::Written(file, ..)) => Ok(file.write(offset, data)?),
-            Some(Handle::Version(_)) => Err(FsError::Denied("opened for reading")),
-            None => Err(FsError::Stale),
-        }
+        self.write_acknowledging(fh, offset, data, |_| {})?;
+        Ok(data.len())
+    }
+
+    /// Writes through a handle, calling `acknowledge` as soon as the write can no longer
+    /// fail for a reason the writer must hear (see [`WrittenFile::write_acknowledging`]).
+    pub fn write_acknowledging(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        acknowledge: impl FnOnce(usize),
+    ) -> Result<(), FsError> {
+        let file = match self.handles.read().get(&fh) {
+            Some(Handle::Written(file, ..)) => file.clone(),
+            Some(Handle::Version(_)) => return Err(FsError::Denied("opened for reading")),
+            None => return Err(FsError::Stale),
+        };
+        Ok(file.write_acknowledging(offset, data, acknowledge)?)
     }
 
     fn kernel_learned(&self, version: &Arc<Version>) {
@@ -688,25 +702,42 @@ impl Vfs {
 
     /// A close of a descriptor of this handle: a written file it changed becomes an image now,
     /// so that the image is there when close(2) returns.
-    pub fn flush(&self, fh: u64) {
-        let changed = match self.handles.read().get(&fh) {
+    ///
+    /// Fails if bytes acknowledged to a writer of the file were lost (close(2) then fails).
+    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (file, changed) = match self.handles.read().get(&fh) {
             Some(Handle::Written(file, seen, served)) => {
                 if *served == Served::PassthroughWriter {
                     file.settle();
                 }
                 let now = file.changes();
-                (seen.swap(now, Ordering::Relaxed) != now).then(|| file.clone())
+                (file.clone(), seen.swap(now, Ordering::Relaxed) != now)
             }
-            _ => None,
+            _ => return Ok(()),
         };
-        if let Some(file) = changed {
+        if let Some(lost) = file.lost() {
+            return Err(FsError::Io(lost));
+        }
+        if changed {
             self.adopt(&file);
+        }
+        Ok(())
+    }
+
+    /// fsync(2): written files are memory, so nothing is left to store; fails as
+    /// [`Vfs::flush`] does if acknowledged bytes were lost.
+    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        match self.handles.read().get(&fh) {
+            Some(Handle::Written(file, ..)) => {
+                file.lost().map_or(Ok(()), |lost| Err(FsError::Io(lost)))
+            }
+            _ => Ok(()),
         }
     }
 
     pub fn release(&self, fh: u64) {
         // Writes through a mapping may come after the last close.
-        self.flush(fh);
+        let _ = self.flush(fh);
         if let Some(Handle::Written(file, _, served)) = self.handles.write().remove(&fh)
             && matches!(served, Served::Passthrough | Served::PassthroughWriter)
         {

@@ -196,6 +196,9 @@ struct FileState {
     /// while any is open the kernel keeps the inode bound to this memfd, so it is never
     /// swapped for a copy; changes then reach an image made from it.
     bound: u64,
+    /// Bytes acknowledged to a writer could not be stored, and why: every later write and
+    /// close of the file fails with it.
+    lost: Option<String>,
 }
 
 /// The kernel allows files up to this size on tmpfs (MAX_LFS_FILESIZE); past it, EFBIG.
@@ -212,6 +215,7 @@ impl WrittenFile {
                 changes: 0,
                 shared: false,
                 bound: 0,
+                lost: None,
             }),
             budget,
         })
@@ -343,24 +347,57 @@ impl WrittenFile {
 
     /// Writes `data` at `offset`; a gap before it is a hole, as on tmpfs.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<usize, WriteError> {
+        self.write_acknowledging(offset, data, |_| {})?;
+        Ok(data.len())
+    }
+
+    /// Writes `data` at `offset`, calling `acknowledge` with its length once nothing but the
+    /// copy into the memfd is left: the room is taken (or ENOSPC returned, before any
+    /// acknowledgement) and the file is off any image's memfd. The writer, told early, fills
+    /// its next request while this thread copies; the file stays locked until the copy is
+    /// done, so no read, write, close or `imgfs` request sees the file without these bytes.
+    /// A copy that fails after the acknowledgement (only when the machine is out of memory)
+    /// fails every later write and close of the file with the reason, as a failed writeback
+    /// does on a disk filesystem.
+    pub fn write_acknowledging(
+        &self,
+        offset: u64,
+        data: &[u8],
+        acknowledge: impl FnOnce(usize),
+    ) -> Result<(), WriteError> {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&end| end <= MAX_FILE)
             .ok_or(WriteError::TooLarge)?;
         let mut state = self.state.lock();
+        if let Some(lost) = &state.lost {
+            return Err(WriteError::Io(lost.clone()));
+        }
         self.unshare(&mut state, u64::MAX)?;
         let grow = end.saturating_sub(state.len);
         state.fd.charge(grow)?;
+        acknowledge(data.len());
         if let Err(e) = state.fd.file.write_all_at(data, offset) {
             state.fd.refund(grow);
             // A partial write may have grown the memfd: put its length back.
             let _ = state.fd.file.set_len(state.len);
-            return Err(WriteError::Io(e.to_string()));
+            let lost = format!(
+                "{} bytes written at offset {offset} could not be stored: {e}",
+                data.len()
+            );
+            log::error!("written file (inode {}): {lost}", self.ino);
+            state.lost = Some(lost);
+            return Ok(());
         }
         state.len = state.len.max(end);
         state.mtime = SystemTime::now();
         state.changes += 1;
-        Ok(data.len())
+        Ok(())
+    }
+
+    /// Why bytes acknowledged to a writer were lost, if they were.
+    pub fn lost(&self) -> Option<String> {
+        self.state.lock().lost.clone()
     }
 
     /// Truncates or extends (with a hole) to `len`.
@@ -598,6 +635,47 @@ mod tests {
         // Rewriting within the file's length needs no more memory.
         a.write(0, b"ab").unwrap();
         assert_eq!(a.read(0, 3).unwrap(), b"ab3");
+    }
+
+    #[test]
+    fn a_write_is_acknowledged_after_its_room_is_taken_and_before_the_copy() {
+        let mut t = tree(10);
+        let a = t.create(1, "a", 2, true).unwrap();
+        let mut told = None;
+        a.write_acknowledging(0, b"12345678", |n| told = Some(n))
+            .unwrap();
+        assert_eq!(told, Some(8));
+        // Refused past the limit: the writer hears ENOSPC, never an acknowledgement.
+        let err = a
+            .write_acknowledging(8, b"abc", |_| panic!("acknowledged past the limit"))
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::ENOSPC);
+        assert_eq!(a.read(0, 100).unwrap(), b"12345678");
+    }
+
+    #[test]
+    fn bytes_lost_after_the_acknowledgement_fail_every_later_write_with_the_reason() {
+        let mut t = tree(1 << 20);
+        let a = t.create(1, "a", 2, true).unwrap();
+        a.write(0, b"kept").unwrap();
+        // A memfd the copy cannot write to, standing in for a machine out of memory.
+        {
+            let mut state = a.state.lock();
+            let broken = Memfd {
+                file: File::open("/dev/null").unwrap(),
+                charged: AtomicU64::new(state.fd.charged()),
+                budget: t.budget.clone(),
+            };
+            state.fd = Arc::new(broken);
+        }
+        let mut told = false;
+        a.write_acknowledging(4, b"lost", |_| told = true).unwrap();
+        assert!(told, "the writer was answered before the copy");
+        let lost = a.lost().expect("the loss is recorded");
+        assert!(lost.contains("4 bytes written at offset 4"), "{lost}");
+        let err = a.write(8, b"more").unwrap_err();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.to_string().contains("could not be stored"), "{err}");
     }
 
     #[test]

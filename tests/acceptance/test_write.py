@@ -531,3 +531,30 @@ def test_rm_of_the_name_an_edited_or_rendered_output_shows_removes_that_image(mn
         os.unlink(os.path.join(mnt, "d.nii"))
     assert e.value.errno == errno.EACCES
     assert (tmp_path / "e.nii").exists()
+
+
+def test_forwarded_writes_are_stored_whole_when_read_back_past_the_page_cache(tmp_path):
+    """Without passthrough a write is answered before its bytes are copied into memory, so
+    that the writer's next write and the copy overlap: every byte must still be there for a
+    read that reaches the daemon (the kernel's cached pages dropped) right after the writes."""
+    path = mount(tmp_path / "f", "--no-passthrough")
+    try:
+        block = 1 << 20
+        want = os.urandom(48 * block)
+        out = os.path.join(path, "blocks.bin")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for at in range(0, len(want), block):
+                os.write(fd, want[at:at + block])
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            got = b"".join(iter(lambda: os.read(fd, block), b""))
+        finally:
+            os.close(fd)
+        assert got == want
+    finally:
+        ok(imgfs("unmount", path))
