@@ -401,7 +401,8 @@ impl Vfs {
                 Self::utf8(new_name)?,
                 no_replace,
             )?;
-            tree.lookup(new_parent, Self::utf8(new_name)?)?
+            // Just renamed there: found, unless a concurrent unlink got there first.
+            tree.lookup(new_parent, Self::utf8(new_name)?).ok()
         };
         // Only the root's files become images; one moved below it is no image's file.
         let root = self.catalog.mount_dir();
@@ -415,7 +416,7 @@ impl Vfs {
         // Renamed into an image's name after it was written (a tool that writes a temporary
         // file, then renames it into place): it becomes an image now. One still open for
         // writing becomes one when that writer closes it.
-        if let Node::File(file) = moved
+        if let Some(Node::File(file)) = moved
             && new_parent == ROOT_INO
             && !self.open_for_writing(&file)
         {
