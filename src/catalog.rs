@@ -427,7 +427,14 @@ impl Catalog {
         {
             let mut entries = self.entries.write();
             let mut written = self.written.lock();
-            if entries.contains_key(name) && !written.contains_key(name) {
+            // Another file's image (added, or written elsewhere in the mount) keeps its name;
+            // a file written again, or one written where an image's file was removed, takes it.
+            let from_elsewhere = match written.get(name) {
+                None => entries.contains_key(name),
+                Some(Some(earlier)) => *earlier != file,
+                Some(None) => false,
+            };
+            if from_elsewhere {
                 return Err(CatalogError::NameTaken(name.to_string()));
             }
             // A new entry, not the old one changed in place: whoever holds the old one only
@@ -479,6 +486,28 @@ impl Catalog {
             plain.insert(to.to_path_buf(), why);
         }
         removed
+    }
+
+    /// A directory written in the mount was renamed: images made from files below it, and
+    /// files below it that stayed plain, now name paths below `to`.
+    pub fn written_dir_moved(&self, from: &Path, to: &Path) {
+        let moved = |file: &Path| file.strip_prefix(from).ok().map(|rest| to.join(rest));
+        for file in self.written.lock().values_mut() {
+            if let Some(now) = file.as_deref().and_then(moved) {
+                *file = Some(now);
+            }
+        }
+        let mut plain = self.plain.lock();
+        let renamed: Vec<PathBuf> = plain
+            .keys()
+            .filter(|f| f.starts_with(from))
+            .cloned()
+            .collect();
+        for file in renamed {
+            if let (Some(why), Some(now)) = (plain.remove(&file), moved(&file)) {
+                plain.insert(now, why);
+            }
+        }
     }
 
     /// Records why a file written in the mount with an image's name stays a plain file.

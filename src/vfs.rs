@@ -338,7 +338,7 @@ impl Vfs {
     /// written file of the same name under it. An added image's file is refused.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
-        let path = self.catalog.mount_dir().join(name);
+        let path = self.written_path(parent, name)?;
         if parent == ROOT_INO
             && let Some(image) = self.image_shown_instead_of_a_written_file(name)?
         {
@@ -354,10 +354,18 @@ impl Vfs {
             return Ok(());
         }
         self.tree()?.lock().unlink(parent, Self::utf8(name)?)?;
-        if parent == ROOT_INO {
-            self.catalog.written_file_moved(&path, None);
-        }
+        self.catalog.written_file_moved(&path, None);
         Ok(())
+    }
+
+    /// Where `name` in written directory `parent` is, as the user sees it in the mount.
+    fn written_path(&self, parent: u64, name: &OsStr) -> Result<std::path::PathBuf, FsError> {
+        let dir = self
+            .tree()?
+            .lock()
+            .dir_path(parent)
+            .ok_or(FsError::NotFound)?;
+        Ok(self.catalog.mount_dir().join(dir).join(name))
     }
 
     /// The image made from written files that a name in the root shows, where that is not the
@@ -392,6 +400,10 @@ impl Vfs {
     ) -> Result<(), FsError> {
         self.check_not_image(parent, name)?;
         self.check_not_image(new_parent, new_name)?;
+        let (from, to) = (
+            self.written_path(parent, name)?,
+            self.written_path(new_parent, new_name)?,
+        );
         let moved = {
             let mut tree = self.tree()?.lock();
             tree.rename(
@@ -404,23 +416,19 @@ impl Vfs {
             // Just renamed there: found, unless a concurrent unlink got there first.
             tree.lookup(new_parent, Self::utf8(new_name)?).ok()
         };
-        // Only the root's files become images; one moved below it is no image's file.
-        let root = self.catalog.mount_dir();
-        let to = (new_parent == ROOT_INO).then(|| root.join(new_name));
-        if parent == ROOT_INO {
-            self.catalog
-                .written_file_moved(&root.join(name), to.as_deref());
-        } else if let Some(to) = &to {
-            self.catalog.written_file_moved(to, None);
-        }
-        // Renamed into an image's name after it was written (a tool that writes a temporary
-        // file, then renames it into place): it becomes an image now. One still open for
-        // writing becomes one when that writer closes it.
-        if let Some(Node::File(file)) = moved
-            && new_parent == ROOT_INO
-            && !self.open_for_writing(&file)
-        {
-            self.adopt(&file);
+        match moved {
+            // Renamed into an image's name after it was written (a tool that writes a
+            // temporary file, then renames it into place): it becomes an image now. One still
+            // open for writing becomes one when that writer closes it.
+            Some(Node::File(file)) => {
+                self.catalog.written_file_moved(&from, Some(&to));
+                if !self.open_for_writing(&file) {
+                    self.adopt(&file);
+                }
+            }
+            // Its files keep their names, and the images made from them: only paths change.
+            Some(Node::Dir(_)) => self.catalog.written_dir_moved(&from, &to),
+            None => {}
         }
         Ok(())
     }
@@ -750,22 +758,19 @@ impl Vfs {
     /// pair written); one that does not parse stays a plain file, and `ls` says why.
     fn adopt(&self, file: &Arc<WrittenFile>) {
         let Some(tree) = &self.tree else { return };
-        let (name, partner) = {
+        let (dir_path, name, partner) = {
             let tree = tree.lock();
-            let Ok(root) = tree.dir(ROOT_INO) else { return };
-            let Some(name) = root
-                .entries
-                .iter()
-                .find(|(_, n)| matches!(n, Node::File(f) if Arc::ptr_eq(f, file)))
-                .map(|(name, _)| name.clone())
-            else {
+            let Some((dir, name)) = tree.place_of(file) else {
                 return;
             };
             if !IMAGE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
                 return;
             }
-            let partner = pair_partner(&name).map(|p| (root.entries.get(&p).cloned(), p));
-            (name, partner)
+            let (Ok(entries), Some(dir_path)) = (tree.dir(dir), tree.dir_path(dir)) else {
+                return;
+            };
+            let partner = pair_partner(&name).map(|p| (entries.entries.get(&p).cloned(), p));
+            (self.catalog.mount_dir().join(dir_path), name, partner)
         };
         let mut members = vec![(name.clone(), file.clone())];
         match partner {
@@ -774,7 +779,7 @@ impl Vfs {
             Some(_) => return,
             None => {}
         }
-        let mount_file = self.catalog.mount_dir().join(&name);
+        let mount_file = dir_path.join(&name);
         let header_name = members
             .iter()
             .map(|(n, _)| n.clone())
@@ -803,7 +808,7 @@ impl Vfs {
                     .adopt(
                         &image_name,
                         image,
-                        self.catalog.mount_dir().join(&header_name),
+                        dir_path.join(&header_name),
                         held.into_iter().map(|(_, memfd)| memfd).collect(),
                     )
                     .map_err(|e| e.to_string())
@@ -1049,7 +1054,11 @@ mod tests {
         vfs.unlink(ROOT_INO, OsStr::new("out.nii")).unwrap();
         vfs.forget(ino, u64::MAX);
         assert_eq!(budget.used(), 0);
-        assert_eq!(open_memfds(), 0);
+        // Counted per process: only meaningful when this test has the process to itself, as
+        // under nextest; `cargo test` runs other tests' memfds beside it.
+        if std::env::var_os("NEXTEST_RUN_ID").is_some() {
+            assert_eq!(open_memfds(), 0);
+        }
         let links = vfs.links_dir();
         assert_eq!(std::fs::read_dir(&links).unwrap().count(), 0, "{links}");
     }
@@ -1153,6 +1162,51 @@ mod tests {
         vfs.unlink(root, name("s.nii")).unwrap();
         assert!(image_names(&vfs).is_empty());
         assert!(vfs.lookup(root, name("s.nii")).is_err());
+    }
+
+    #[test]
+    fn an_output_in_a_subdirectory_becomes_an_image_served_in_the_root() {
+        let (vfs, budget) = writable(1 << 20);
+        let (root, name) = (ROOT_INO, OsStr::new);
+        let out = vfs.mkdir(root, name("out")).unwrap().ino;
+        let (attr, fh, _) = vfs.create(out, name("x.nii"), false).unwrap();
+        vfs.write(fh, 0, &nifti_bytes()).unwrap();
+        vfs.release(fh);
+        let catalog = vfs.catalog();
+        assert_eq!(image_names(&vfs), ["x"]);
+        assert_eq!(catalog.path("x").unwrap(), Path::new("/nowhere/out/x.nii"));
+        assert_eq!(
+            vfs.lookup(root, name("x.nii")).unwrap().size,
+            attr_size(&vfs, out, "x.nii")
+        );
+
+        // The directory moves: the image stays, naming the new path.
+        vfs.rename(root, name("out"), root, name("res"), false)
+            .unwrap();
+        assert_eq!(catalog.path("x").unwrap(), Path::new("/nowhere/res/x.nii"));
+
+        // Another directory's file of the same stem stays a plain file, saying why.
+        let other = vfs.mkdir(root, name("other")).unwrap().ino;
+        let (_, fh, _) = vfs.create(other, name("x.nii"), false).unwrap();
+        vfs.write(fh, 0, &nifti_bytes()).unwrap();
+        vfs.release(fh);
+        assert_eq!(catalog.path("x").unwrap(), Path::new("/nowhere/res/x.nii"));
+        let plain = catalog.plain_files();
+        assert_eq!(plain[0].0, Path::new("/nowhere/other/x.nii"), "{plain:?}");
+        assert!(plain[0].1.contains("exists already"), "{plain:?}");
+
+        // Removed with its file, as in the root.
+        let other_ino = vfs.lookup(other, name("x.nii")).unwrap().ino;
+        vfs.unlink(out, name("x.nii")).unwrap();
+        assert!(image_names(&vfs).is_empty());
+        vfs.unlink(other, name("x.nii")).unwrap();
+        vfs.forget(attr.ino, u64::MAX);
+        vfs.forget(other_ino, u64::MAX);
+        assert_eq!(budget.used(), 0);
+    }
+
+    fn attr_size(vfs: &Vfs, dir: u64, name: &str) -> u64 {
+        vfs.lookup(dir, OsStr::new(name)).unwrap().size
     }
 
     #[test]

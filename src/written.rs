@@ -493,6 +493,37 @@ impl Tree {
             .ok_or(WriteError::NotFound)
     }
 
+    /// The path of directory `ino` below the root (empty for the root itself).
+    pub fn dir_path(&self, ino: u64) -> Option<std::path::PathBuf> {
+        let mut names = Vec::new();
+        let mut at = ino;
+        loop {
+            let parent = self.dirs.get(&at)?.parent;
+            if parent == at {
+                break;
+            }
+            let (name, _) = self
+                .dir(parent)
+                .ok()?
+                .entries
+                .iter()
+                .find(|(_, node)| matches!(node, Node::Dir(d) if *d == at))?;
+            names.push(name.clone());
+            at = parent;
+        }
+        Some(names.iter().rev().collect())
+    }
+
+    /// Where `file` is named: its directory and its name there.
+    pub fn place_of(&self, file: &Arc<WrittenFile>) -> Option<(u64, String)> {
+        self.dirs.iter().find_map(|(ino, dir)| {
+            dir.entries
+                .iter()
+                .find(|(_, node)| matches!(node, Node::File(f) if Arc::ptr_eq(f, file)))
+                .map(|(name, _)| (*ino, name.clone()))
+        })
+    }
+
     /// Creates an empty file `name` in `parent`, or opens the existing one unless `exclusive`.
     pub fn create(
         &mut self,

@@ -558,3 +558,31 @@ def test_forwarded_writes_are_stored_whole_when_read_back_past_the_page_cache(tm
         assert got == want
     finally:
         ok(imgfs("unmount", path))
+
+
+@MRTRIX
+def test_outputs_written_into_an_output_directory_become_images_served_in_the_root(mnt, tmp_path):
+    src = os.path.join(helpers.NIB_DATA, "anatomical.nii")
+    outdir = os.path.join(mnt, "derivatives", "anat")
+    os.makedirs(outdir)
+    ok(helpers.nifti_tool("-copy_im", "-prefix", os.path.join(outdir, "copy.nii"),
+                          "-infiles", src))
+    done = subprocess.run(["mrconvert", "-quiet", src, os.path.join(outdir, "f32.nii.gz"),
+                           "-datatype", "float32"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    images = ls(mnt)
+    assert {"copy", "f32"} <= set(images), images
+    for name, file in (("copy", "copy.nii"), ("f32", "f32.nii.gz")):
+        assert images[name]["state"] == "written in the mount", images[name]
+        written = os.path.join(outdir, file)
+        assert ok(imgfs("path", name, "--mount", mnt)).stdout.strip() == written
+        same_image(os.path.join(mnt, f"{name}.nii"), written)  # also served in the root
+    saved = tmp_path / "saved.nii"
+    ok(imgfs("save", "f32", str(saved), "--mount", mnt))
+    same_image(saved, src, exact=False)
+    # The directory moves with its images; removing a file removes its image.
+    os.rename(os.path.join(mnt, "derivatives"), os.path.join(mnt, "out"))
+    assert ok(imgfs("path", "copy", "--mount", mnt)).stdout.strip() == os.path.join(
+        mnt, "out", "anat", "copy.nii")
+    os.unlink(os.path.join(mnt, "out", "anat", "copy.nii"))
+    assert "copy" not in ls(mnt) and not os.path.exists(os.path.join(mnt, "copy.nii"))
