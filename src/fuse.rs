@@ -492,8 +492,8 @@ impl Filesystem for ImageFs {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
-        for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
-            let kind = self.file_attr(attr).kind;
+        for (i, (name, attr)) in (offset as usize..).map_while(|i| Some((i, listing.entry(i)?))) {
+            let kind = self.file_attr(&attr).kind;
             if reply.add(INodeNo(attr.ino), (i + 1) as u64, kind, name) {
                 break;
             }
@@ -513,8 +513,8 @@ impl Filesystem for ImageFs {
             Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
-        for (i, (name, attr)) in listing.files.iter().enumerate().skip(offset as usize) {
-            let file_attr = self.file_attr(attr);
+        for (i, (name, attr)) in (offset as usize..).map_while(|i| Some((i, listing.entry(i)?))) {
+            let file_attr = self.file_attr(&attr);
             if reply.add(
                 file_attr.ino,
                 (i + 1) as u64,

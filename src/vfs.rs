@@ -78,8 +78,28 @@ fn pair_partner(name: &str) -> Option<String> {
 /// alive while the listing is paged through so that every inode it hands out can be opened.
 pub struct Listing {
     pub files: Vec<(String, Attr)>,
+    /// For each of `files`, the written file it is, if it is one: its size and mtime are read
+    /// again for each page of the listing (see [`Listing::entry`]).
+    written_files: Vec<Option<Arc<WrittenFile>>>,
     _versions: Vec<Arc<Version>>,
     _written: Vec<Node>,
+}
+
+impl Listing {
+    /// Entry `i` with its attributes as they are now. A version never changes, but a written
+    /// file may have been written or truncated since the directory was opened, and the kernel
+    /// takes the size in a listing as newer than any write that ended before it asked for the
+    /// page: a size from the opening would undo those writes in its view (a reader then sees
+    /// the file cut short, or zeros past its end).
+    pub fn entry(&self, i: usize) -> Option<(&str, Attr)> {
+        let (name, attr) = self.files.get(i)?;
+        let mut attr = *attr;
+        if let Some(Some(file)) = self.written_files.get(i) {
+            attr.size = file.len();
+            attr.mtime = file.mtime();
+        }
+        Some((name, attr))
+    }
 }
 
 /// How an open file is to be served.
@@ -614,12 +634,17 @@ impl Vfs {
             files.push((file_name, attr_of(&version)));
             versions.push(version);
         }
+        let mut written_files = vec![None; files.len()];
         let mut nodes = Vec::with_capacity(written.len());
         for (name, node) in written {
             if ino == ROOT_INO && shadowed(&name) {
                 continue;
             }
             files.push((name, self.written_attr(&node)));
+            written_files.push(match &node {
+                Node::File(file) => Some(file.clone()),
+                Node::Dir(_) => None,
+            });
             nodes.push(node);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -627,6 +652,7 @@ impl Vfs {
             fh,
             Arc::new(Listing {
                 files,
+                written_files,
                 _versions: versions,
                 _written: nodes,
             }),
@@ -1207,6 +1233,20 @@ mod tests {
 
     fn attr_size(vfs: &Vfs, dir: u64, name: &str) -> u64 {
         vfs.lookup(dir, OsStr::new(name)).unwrap().size
+    }
+
+    #[test]
+    fn a_listing_gives_a_written_files_size_as_it_is_when_the_page_is_read() {
+        let (vfs, _) = writable(1 << 20);
+        write_file(&vfs, "grows.bin", b"12").unwrap();
+        let listing = vfs.listing(vfs.opendir(ROOT_INO).unwrap()).unwrap();
+        let (_, fh, _) = vfs
+            .create(ROOT_INO, OsStr::new("grows.bin"), false)
+            .unwrap();
+        vfs.write(fh, 2, b"345").unwrap();
+        vfs.release(fh);
+        let (name, attr) = listing.entry(2).unwrap();
+        assert_eq!((name, attr.size), ("grows.bin", 5));
     }
 
     #[test]
