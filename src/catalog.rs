@@ -452,8 +452,8 @@ impl Catalog {
     /// file there. An image made from it (or from the file it replaced) that is still those
     /// bytes was that file, and goes with it, as a file goes on tmpfs: nothing is lost, and
     /// its memory is freed with the file's. An edited one is more than the file: it stays,
-    /// naming the file's new path, or with none its served file. Returns the names removed.
-    pub fn written_file_moved(&self, from: &Path, to: Option<&Path>) -> Vec<String> {
+    /// naming the file's new path, or with none its served file.
+    pub fn written_file_moved(&self, from: &Path, to: Option<&Path>) {
         let affected: Vec<(String, bool)> = self
             .written
             .lock()
@@ -464,12 +464,10 @@ impl Catalog {
                 _ => None,
             })
             .collect();
-        let mut removed = Vec::new();
         for (name, moved) in affected {
             if self.state(&name).is_ok_and(|s| s.is_clean()) {
-                if self.remove(&name).is_ok() {
-                    removed.push(name);
-                }
+                // Gone already if a concurrent `rm` got there first: nothing else to do.
+                let _ = self.remove(&name);
             } else if let Some(file) = self.written.lock().get_mut(&name) {
                 // Replaced by the renamed file, whose bytes the image was not made from.
                 *file = if moved {
@@ -485,7 +483,6 @@ impl Catalog {
         {
             plain.insert(to.to_path_buf(), why);
         }
-        removed
     }
 
     /// A directory written in the mount was renamed: images made from files below it, and

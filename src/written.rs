@@ -357,8 +357,9 @@ impl WrittenFile {
     /// its next request while this thread copies; the file stays locked until the copy is
     /// done, so no read, write, close or `imgfs` request sees the file without these bytes.
     /// A copy that fails after the acknowledgement (only when the machine is out of memory)
-    /// fails every later write and close of the file with the reason, as a failed writeback
-    /// does on a disk filesystem.
+    /// returns the error too, for a caller that has not answered yet, and fails every later
+    /// write and close of the file with the reason, as a failed writeback does on a disk
+    /// filesystem.
     pub fn write_acknowledging(
         &self,
         offset: u64,
@@ -386,8 +387,8 @@ impl WrittenFile {
                 data.len()
             );
             log::error!("written file (inode {}): {lost}", self.ino);
-            state.lost = Some(lost);
-            return Ok(());
+            state.lost = Some(lost.clone());
+            return Err(WriteError::Io(lost));
         }
         state.len = state.len.max(end);
         state.mtime = SystemTime::now();
@@ -700,8 +701,11 @@ mod tests {
             state.fd = Arc::new(broken);
         }
         let mut told = false;
-        a.write_acknowledging(4, b"lost", |_| told = true).unwrap();
+        let err = a
+            .write_acknowledging(4, b"lost", |_| told = true)
+            .unwrap_err();
         assert!(told, "the writer was answered before the copy");
+        assert_eq!(err.errno(), libc::EIO);
         let lost = a.lost().expect("the loss is recorded");
         assert!(lost.contains("4 bytes written at offset 4"), "{lost}");
         let err = a.write(8, b"more").unwrap_err();
