@@ -95,8 +95,7 @@ impl Listing {
         let (name, attr) = self.files.get(i)?;
         let mut attr = *attr;
         if let Some(Some(file)) = self.written_files.get(i) {
-            attr.size = file.len();
-            attr.mtime = file.mtime();
+            (attr.size, attr.mtime) = file.len_and_mtime();
         }
         Some((name, attr))
     }
@@ -258,13 +257,16 @@ impl Vfs {
 
     fn written_attr(&self, node: &Node) -> Attr {
         match node {
-            Node::File(f) => Attr {
-                ino: f.ino,
-                size: f.len(),
-                mtime: f.mtime(),
-                is_dir: false,
-                writable: true,
-            },
+            Node::File(f) => {
+                let (size, mtime) = f.len_and_mtime();
+                Attr {
+                    ino: f.ino,
+                    size,
+                    mtime,
+                    is_dir: false,
+                    writable: true,
+                }
+            }
             Node::Dir(ino) => {
                 let mtime = self
                     .tree
@@ -1106,7 +1108,7 @@ mod tests {
     }
 
     fn image_names(vfs: &Vfs) -> Vec<String> {
-        let mut names: Vec<String> = vfs.catalog().list().into_iter().map(|s| s.name).collect();
+        let mut names = vfs.catalog().names();
         names.sort();
         names
     }

@@ -288,6 +288,16 @@ impl WrittenFile {
             .unwrap_or(state.mtime)
     }
 
+    /// [`WrittenFile::len`] and [`WrittenFile::mtime`] from one look at the memfd, for the
+    /// attributes the kernel asks for on every lookup and listing page.
+    pub fn len_and_mtime(&self) -> (u64, SystemTime) {
+        let state = self.state.lock();
+        match state.fd.file.metadata() {
+            Ok(m) => (m.len(), m.modified().unwrap_or(state.mtime)),
+            Err(_) => (state.len, state.mtime),
+        }
+    }
+
     /// Readies the file for a writer that the kernel lets write the memfd directly (FUSE
     /// passthrough): refuses past the memory limit, and moves the file off a memfd an image
     /// holds unless the kernel is bound to it. Returns the memfd to hand the kernel.

@@ -160,6 +160,17 @@ def text_forms(raw):
     return {raw.decode("latin-1"), raw.split(b"\0")[0].decode("latin-1")}
 
 
+def read_past_the_cache(path, block=1 << 20):
+    """The whole file as the daemon has it: the kernel's cached pages of it are dropped
+    first, so every read goes to the mount."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return b"".join(iter(lambda: os.read(fd, block), b""))
+    finally:
+        os.close(fd)
+
+
 def daemon_pid(mount_dir):
     """The pid of the daemon serving `mount_dir`, asked through the Python client's `ping`."""
     import sys

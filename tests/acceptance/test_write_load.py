@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from helpers import describe, imgfs
+from helpers import describe, imgfs, read_past_the_cache
 
 WRITERS = 4
 FILES_PER_WRITER = 3
@@ -19,18 +19,6 @@ ROUNDS = int(os.environ.get("IMGFS_TEST_ROUNDS", "200"))
 def ok(proc):
     assert proc.returncode == 0, describe(proc)
     return proc
-
-
-def read_past_the_cache(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def writer(mnt, index, seed, results):
