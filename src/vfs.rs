@@ -831,7 +831,7 @@ impl Vfs {
                     .zip(&shared)
                     .map(|((name, _), (_, memfd, _))| (name.clone(), memfd.clone()))
                     .collect();
-                let image = self.load_linked(&held, &header_name)?;
+                let image = self.load_linked(&held, &header_name, &dir_path)?;
                 self.catalog
                     .adopt(
                         &image_name,
@@ -851,17 +851,13 @@ impl Vfs {
         match outcome {
             Ok(summary) => log::info!("{} is now image '{}'", mount_file.display(), summary.name),
             Err(why) => {
-                // The loader names the link it read; the user knows the file by its mount path.
-                let why = why.replace(
-                    &self.links_dir(),
-                    &self.catalog.mount_dir().display().to_string(),
-                );
                 log::info!("{} stays a plain file: {why}", mount_file.display());
                 self.catalog.note_plain(mount_file, why);
             }
         }
     }
 
+    #[cfg(test)]
     fn links_dir(&self) -> String {
         self.links
             .lock()
@@ -872,11 +868,13 @@ impl Vfs {
 
     /// Loads the image `header_name` from memfds shown under their names (links in a fresh
     /// private directory, removed once the load is done: the image checks and reads the
-    /// memfds through descriptors of its own).
+    /// memfds through descriptors of its own). An error names the files where the user sees
+    /// them, in `shown_in`, not the links the loader read.
     fn load_linked(
         &self,
         members: &[(String, Arc<Memfd>)],
         header_name: &str,
+        shown_in: &std::path::Path,
     ) -> Result<crate::image::Image, String> {
         use std::os::fd::AsRawFd;
         let dir = {
@@ -916,7 +914,9 @@ impl Vfs {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             log::warn!("{}: {e}", dir.display());
         }
-        loaded
+        loaded.map_err(|why: String| {
+            why.replace(&dir.display().to_string(), &shown_in.display().to_string())
+        })
     }
 }
 
@@ -1249,6 +1249,21 @@ mod tests {
         vfs.release(fh);
         let (name, attr) = listing.entry(2).unwrap();
         assert_eq!((name, attr.size), ("grows.bin", 5));
+    }
+
+    #[test]
+    fn a_plain_files_reason_names_it_where_it_was_written() {
+        let (vfs, _) = writable(1 << 20);
+        let out = vfs.mkdir(ROOT_INO, OsStr::new("out")).unwrap().ino;
+        let (_, fh, _) = vfs.create(out, OsStr::new("broken.nii"), false).unwrap();
+        vfs.write(fh, 0, b"not a header").unwrap();
+        vfs.release(fh);
+        let plain = vfs.catalog().plain_files();
+        assert_eq!(plain[0].0, Path::new("/nowhere/out/broken.nii"));
+        assert!(
+            plain[0].1.starts_with("/nowhere/out/broken.nii: "),
+            "{plain:?}"
+        );
     }
 
     #[test]
